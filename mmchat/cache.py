@@ -76,6 +76,30 @@ def join_parts(parts: Iterable[Path], dest: Path, *, expected_sha256: str | None
     os.replace(tmp, dest)
 
 
+def verify_manifest(directory: Path, *, source_sha256: str | None = None) -> bool:
+    """True when ``directory/manifest.json`` exists (for ``source_sha256``, if given) and every file
+    it lists has its recorded size and sha256."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+        if source_sha256 is not None and manifest.get("source_sha256") != source_sha256:
+            return False
+        for rel, meta in manifest["files"].items():
+            path = directory / rel
+            if path.stat().st_size != meta["size"] or sha256_file(path) != meta["sha256"]:
+                log.warning("%s: %s failed verification", directory, rel)
+                return False
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return True
+
+
+def cached_conversions(name: str) -> list[Path]:
+    """Every conversion directory of registry model ``name`` that has a manifest (newest first)."""
+    root = paths.models_dir() / name
+    found = [p.parent for p in root.glob("*/" + MANIFEST)]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
 @dataclass(frozen=True)
 class ConversionCache:
     """One converted model in the user cache."""
@@ -91,20 +115,7 @@ class ConversionCache:
 
     def verify(self) -> bool:
         """True when the manifest exists and every listed file has its recorded sha256."""
-        manifest_path = self.directory / MANIFEST
-        try:
-            manifest = json.loads(manifest_path.read_text())
-            files = manifest["files"]
-            if manifest.get("source_sha256") != self.source_sha256:
-                return False
-            for rel, meta in files.items():
-                path = self.directory / rel
-                if path.stat().st_size != meta["size"] or sha256_file(path) != meta["sha256"]:
-                    log.warning("cached %s: %s failed verification", self.name, rel)
-                    return False
-        except (OSError, ValueError, KeyError, TypeError):
-            return False
-        return True
+        return verify_manifest(self.directory, source_sha256=self.source_sha256)
 
     def load_or_build(self, build: Callable[[Path], None]) -> Path:
         """The verified cache directory, running ``build(tmp_dir)`` first when it is absent or bad.

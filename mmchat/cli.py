@@ -1,12 +1,315 @@
-"""The ``mmchat`` command line (placeholder until the CLI lands)."""
+"""The ``mmchat`` command: the desktop app by default, plus terminal chat and model tools.
 
+Expected trouble (:class:`MMChatError`) is printed as one message without a traceback and exits 1.
+Heavy imports happen inside the commands, so ``mmchat --version`` and ``--help`` are instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import queue
 import sys
+import threading
+from pathlib import Path
+
+from mmchat import __version__
+from mmchat.errors import MMChatError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mmchat import __version__
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    command = getattr(args, "func", None) or _cmd_app
+    try:
+        return command(args) or 0
+    except MMChatError as exc:
+        print(f"mmchat: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
 
-    print(f"mmchat {__version__}")
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmchat", description="Local multimodal chat (text, images, voice), offline.")
+    parser.add_argument("--version", action="version", version=f"mmchat {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    app = sub.add_parser("app", help="open the desktop app (the default)")
+    app.add_argument("--screenshot", type=Path, metavar="PNG",
+                     help="render the window with a demo conversation to PNG and exit")
+    app.set_defaults(func=_cmd_app)
+
+    chat = sub.add_parser("chat", help="chat in the terminal")
+    chat.add_argument("--once", metavar="TEXT", help="send one message, print the reply, exit")
+    chat.add_argument("--image", action="append", default=[], type=Path, metavar="FILE", help="attach an image (repeatable)")
+    chat.add_argument("--audio", type=Path, metavar="FILE", help="attach a voice message (WAV/FLAC/OGG)")
+    chat.add_argument("--model", metavar="NAME", help="LLM from `mmchat models list`")
+    where = chat.add_mutually_exclusive_group()
+    where.add_argument("--continue", dest="resume", action="store_true", help="continue the most recent conversation")
+    where.add_argument("--conversation", type=int, metavar="ID", help="continue conversation ID")
+    where.add_argument("--temporary", action="store_true", help="store nothing on disk")
+    chat.add_argument("--max-tokens", type=int, default=512, metavar="N")
+    chat.add_argument("--temperature", type=float, default=0.7)
+    chat.add_argument("--seed", type=int)
+    chat.set_defaults(func=_cmd_chat)
+
+    tr = sub.add_parser("transcribe", help="print the transcript of an audio file")
+    tr.add_argument("file", type=Path)
+    tr.add_argument("--language", default="en", help="spoken language code, or 'auto'")
+    tr.add_argument("--model", metavar="NAME", help="speech model (default whisper-base)")
+    tr.set_defaults(func=_cmd_transcribe)
+
+    models = sub.add_parser("models", help="list, fetch or verify models")
+    msub = models.add_subparsers(title="actions", metavar="ACTION", required=True)
+    ml = msub.add_parser("list", help="every model, its role, source, licence and state")
+    ml.add_argument("--json", action="store_true")
+    ml.set_defaults(func=_cmd_models_list)
+    mf = msub.add_parser("fetch", help="download an optional model (needs internet)")
+    mf.add_argument("name")
+    mf.set_defaults(func=_cmd_models_fetch)
+    mv = msub.add_parser("verify", help="check bundled model files against their sha256")
+    mv.add_argument("name", nargs="?")
+    mv.set_defaults(func=_cmd_models_verify)
+
+    doctor = sub.add_parser("doctor", help="what is installed, where data lives, what works here")
+    doctor.add_argument("--json", action="store_true")
+    doctor.set_defaults(func=_cmd_doctor)
+
+    hist = sub.add_parser("history", help="list stored conversations, or print one")
+    hist.add_argument("conversation", type=int, nargs="?", metavar="ID")
+    hist.add_argument("--search", metavar="TEXT")
+    hist.set_defaults(func=_cmd_history)
+    return parser
+
+
+# -- app -----------------------------------------------------------------------------------------
+def _cmd_app(args) -> int:
+    from mmchat import probe
+
+    screen = probe.display()
+    screenshot = getattr(args, "screenshot", None)
+    if screenshot is not None and not screen.ok:
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"  # a screenshot needs no screen
+    elif not screen.ok:
+        print(f"mmchat: cannot open the desktop app: {screen.reason}. Use `mmchat chat` to chat in the terminal.",
+              file=sys.stderr)
+        return EXIT_ERROR
+    qt = probe.qt()
+    if not qt.ok:
+        raise MMChatError(f"The desktop app needs Qt: {qt.reason}.", hint="Use `mmchat chat` to chat in the terminal.")
+    from mmchat_ui.app import run
+
+    return run(screenshot=screenshot)
+
+
+# -- chat ----------------------------------------------------------------------------------------
+def _session(args):
+    from mmchat.chat import ChatSession
+    from mmchat.engine import Engine
+    from mmchat.llm import GenerationConfig
+    from mmchat.store import ConversationStore
+
+    engine = Engine(llm=args.model)
+    store = None if args.temporary else ConversationStore()
+    if store is not None and store.notice:
+        print(f"mmchat: {store.notice}", file=sys.stderr)
+    conversation = args.conversation
+    if args.resume and store is not None:
+        recent = store.list_conversations()
+        conversation = recent[0].id if recent else None
+    if conversation is not None and store is not None and store.get_conversation(conversation) is None:
+        raise MMChatError(f"There is no conversation {conversation}.", hint="See `mmchat history`.")
+    generation = GenerationConfig(max_new_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+    return ChatSession(engine, store, conversation, generation=generation)
+
+
+def _cmd_chat(args) -> int:
+    # Read the attachments first: a bad file is reported before any model loads or anything is stored.
+    images, audio = [], None
+    if args.image:
+        from mmchat.images import load_image
+
+        images = [load_image(path) for path in args.image]
+    if args.audio is not None:
+        from mmchat.audio import load_audio
+
+        audio = load_audio(args.audio)
+    session = _session(args)
+    if args.once is not None or images or audio is not None:
+        _run_turn(session, args.once or "", images=images, audio=audio, show_transcript=True)
+        return 0
+    return _repl(session)
+
+
+def _run_turn(session, text: str, *, images=(), audio=None, show_transcript: bool = False) -> None:
+    """Stream one reply to stdout; Ctrl+C stops the reply (what was said is kept)."""
+    events: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for event in session.send(text, images=images, audio=audio, stop=stop):
+                events.put(event)
+        except BaseException as exc:  # handed to the main thread, which re-raises it
+            events.put(exc)
+        events.put(None)
+
+    worker = threading.Thread(target=work, name="mmchat-reply", daemon=True)
+    worker.start()
+    try:
+        while (event := events.get()) is not None:
+            if isinstance(event, BaseException):
+                raise event
+            if event.kind == "token":
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+            elif event.kind == "transcript" and show_transcript:
+                print(f"[heard] {event.text or '(no speech)'}", file=sys.stderr)
+            elif event.kind == "notice":
+                print(f"[note] {event.text}", file=sys.stderr)
+            elif event.kind == "done":
+                sys.stdout.write("\n")
+                if event.message is not None and event.message.status == "stopped":
+                    print("[stopped]", file=sys.stderr)
+    except KeyboardInterrupt:
+        stop.set()
+        worker.join()
+        print("\n[stopped]", file=sys.stderr)
+
+
+REPL_HELP = """Commands: /image FILE (attach to your next message), /audio FILE (send a voice message),
+/new (start a new conversation), /help, /quit. Ctrl+C stops a reply; Ctrl+D quits."""
+
+
+def _repl(session) -> int:
+    from mmchat.chat import ChatSession
+
+    where = "temporary chat, nothing is stored" if session.temporary else f"conversation {session.conversation_id}"
+    print(f"mmchat {__version__} — {session.engine.model_name('llm')} ({where}). /help for commands.", file=sys.stderr)
+    pending_images: list[Path] = []
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        command, _, rest = line.strip().partition(" ")
+        try:
+            if command in ("/quit", "/exit"):
+                return 0
+            if command == "/help":
+                print(REPL_HELP, file=sys.stderr)
+            elif command == "/new":
+                session = ChatSession(session.engine, None if session.temporary else session.store,
+                                      generation=session.generation)
+                print(f"[new conversation {session.conversation_id}]", file=sys.stderr)
+            elif command == "/image":
+                from mmchat.images import load_image
+
+                load_image(Path(rest.strip()))  # validate now, so a bad file is reported at once
+                pending_images.append(Path(rest.strip()))
+                print(f"[attached {rest.strip()}]", file=sys.stderr)
+            elif command == "/audio":
+                from mmchat.audio import load_audio
+
+                _run_turn(session, "", audio=load_audio(Path(rest.strip())), show_transcript=True)
+            elif line.strip() or pending_images:
+                sys.stdout.write("mmchat> ")
+                _run_turn(session, line, images=pending_images)
+                pending_images = []
+        except MMChatError as exc:
+            print(f"mmchat: {exc}", file=sys.stderr)
+
+
+# -- transcribe ----------------------------------------------------------------------------------
+def _cmd_transcribe(args) -> int:
+    from mmchat.audio import load_audio
+    from mmchat.encoders.whisper import Whisper
+
+    audio = load_audio(args.file)
+    model = Whisper.load(args.model or "whisper-base")
+    result = model.transcribe(audio, language=None if args.language == "auto" else args.language)
+    if not result.speech:
+        print("mmchat: no speech detected", file=sys.stderr)
+    print(result.text)
+    return 0
+
+
+# -- models and doctor ---------------------------------------------------------------------------
+def _cmd_models_list(args) -> int:
+    from mmchat import doctor
+
+    rows = doctor.model_rows()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':30} {'role':18} {'state':31} {'size':>9}  licence")
+    for r in rows:
+        default = " *" if r["default"] else ""
+        print(f"{r['name'] + default:30} {r['role']:18} {r['state']:31} {r['size_mb']:>6} MB  {r['licence']}")
+    print("* default. Optional models: `mmchat models fetch NAME`.")
+    return 0
+
+
+def _cmd_models_fetch(args) -> int:
+    from mmchat import registry
+    from mmchat.download import fetch_model
+
+    spec = registry.get(args.name)
+    if spec.hub_id is None:
+        print(f"{spec.name} is bundled with mmchat; nothing to fetch.")
+        return 0
+    path = fetch_model(spec.name)
+    print(f"{spec.name} fetched into {path}")
+    return 0
+
+
+def _cmd_models_verify(args) -> int:
+    from mmchat import doctor, registry
+
+    specs = [registry.get(args.name)] if args.name else [m for m in registry.MODELS if m.bundled]
+    failed = 0
+    for spec in specs:
+        ok, detail = doctor.verify_model(spec)
+        failed += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} {spec.name}: {detail}")
+    return EXIT_ERROR if failed else 0
+
+
+def _cmd_doctor(args) -> int:
+    from mmchat import doctor
+
+    report = doctor.report()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(doctor.format_report(report))
+    return 0
+
+
+def _cmd_history(args) -> int:
+    from mmchat.store import ConversationStore
+
+    store = ConversationStore()
+    if args.conversation is None:
+        for c in store.list_conversations(search=args.search):
+            print(f"{c.id:5}  {c.message_count:3} msgs  {c.title}")
+        return 0
+    if store.get_conversation(args.conversation) is None:
+        raise MMChatError(f"There is no conversation {args.conversation}.")
+    for m in store.messages(args.conversation):
+        extras = "".join(f" [{a.kind}]" for a in m.attachments)
+        print(f"{m.role}>{extras} {m.content}")
     return 0
 
 

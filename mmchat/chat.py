@@ -1,0 +1,240 @@
+"""A conversation with the assistant: what the CLI's ``chat`` and the app's chat view both drive.
+
+:meth:`ChatSession.send` takes the user's text, images and voice, writes the user message at once,
+streams the reply as :class:`ChatEvent` s and writes the reply when it ends (complete, stopped or
+failed). Media reach the LLM through a :class:`MediaEncoder`: with a matching fusion checkpoint as
+token groups in the LLM's embedding space; otherwise images are described in words (CLIP zero-shot
+labels) and voice is given as its transcript.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from mmchat.engine import Engine
+from mmchat.errors import MMChatError
+from mmchat.store import Attachment, ConversationStore, Message
+
+log = logging.getLogger(__name__)
+
+SYSTEM_PROMPT = (
+    "You are mmchat, a helpful assistant that runs entirely on the user's own computer. "
+    "Answer clearly and concisely. Describe only what you are given; do not invent details."
+)
+MEDIA_CACHE_ITEMS = 64  # per session: encoded images/clips kept for re-use in later turns
+
+# Zero-shot vocabulary for describing an image in words when no fusion checkpoint matches.
+ZERO_SHOT_COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "black", "white")
+ZERO_SHOT_SHAPES = ("circle", "square", "triangle", "star")
+ZERO_SHOT_SCENES = ("a photo of a person", "a photo of an animal", "a photo of a landscape",
+                    "a photo of food", "a screenshot of text", "a chart or diagram", "a drawing")
+
+
+@dataclass(frozen=True)
+class MediaPart:
+    """What one image or clip contributes to the prompt: text (may hold ``MEDIA_PLACEHOLDER`` s)
+    and, in order, one tensor per placeholder."""
+
+    text: str
+    tensors: tuple = ()
+    note: str = ""  # shown to the user once, e.g. "image encoder untrained"
+
+
+class MediaEncoder(Protocol):
+    def image(self, image, *, index: int) -> MediaPart: ...
+
+    def audio(self, audio: np.ndarray, *, transcript: str) -> MediaPart: ...
+
+
+class TextFallbackMedia:
+    """No fusion: images become CLIP zero-shot labels in words; voice is its transcript alone."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def image(self, image, *, index: int) -> MediaPart:
+        encoder = self.engine.image_encoder
+        colours = encoder.zero_shot(image, [f"a {c} object" for c in ZERO_SHOT_COLOURS])
+        shapes = encoder.zero_shot(image, [f"a {s}" for s in ZERO_SHOT_SHAPES])
+        scenes = encoder.zero_shot(image, list(ZERO_SHOT_SCENES))
+        guess = f"{scenes[0][0]}; main colour: {colours[0][0][2:]}; shape: {shapes[0][0][2:]}"
+        if not encoder.trained:
+            return MediaPart(
+                f"[Image {index}: attached. The image encoder is untrained, so its content is unknown; "
+                f"say you cannot see it clearly. Unreliable guess: {guess}]",
+                note="image encoder untrained: images are described by guesses "
+                     "(run `mmchat models fetch clip-vit-b-32`, then `mmchat train-fusion`)")
+        return MediaPart(f"[Image {index}, described by CLIP zero-shot labels: {guess}]",
+                         note="no fusion checkpoint for this image encoder: images are described in words "
+                              "(run `mmchat train-fusion` for image understanding)")
+
+    def audio(self, audio: np.ndarray, *, transcript: str) -> MediaPart:
+        return MediaPart("")
+
+
+@dataclass(frozen=True)
+class ChatEvent:
+    kind: str  # "user" | "transcript" | "notice" | "token" | "done"
+    text: str = ""
+    message: Message | None = None  # the stored message for "user" and "done"
+    stats: dict = field(default_factory=dict)
+
+
+class ChatSession:
+    """One conversation. ``store=None`` makes a temporary chat that never touches the disk."""
+
+    def __init__(self, engine: Engine, store: ConversationStore | None, conversation_id: int | None = None, *,
+                 media: MediaEncoder | None = None, system_prompt: str = SYSTEM_PROMPT, generation=None) -> None:
+        self.engine = engine
+        self.temporary = store is None
+        self.store = store if store is not None else ConversationStore(":memory:")
+        if conversation_id is None or self.store.get_conversation(conversation_id) is None:
+            conversation_id = self.store.create_conversation().id
+        self.conversation_id = conversation_id
+        self.media = media or TextFallbackMedia(engine)
+        self.system_prompt = system_prompt
+        self.generation = generation
+        self._media_cache: OrderedDict[str, MediaPart] = OrderedDict()
+        self._notes_shown: set[str] = set()
+
+    def history(self) -> list[Message]:
+        return self.store.messages(self.conversation_id)
+
+    # -- sending ---------------------------------------------------------------------------------
+    def send(self, text: str, *, images: Sequence = (), audio: np.ndarray | None = None,
+             stop: threading.Event | None = None) -> Iterator[ChatEvent]:
+        """Send one user turn. Images and audio are validated before anything is written, so bad
+        input raises :class:`MMChatError` and leaves the conversation as it was."""
+        from mmchat.images import load_image, to_png_bytes
+
+        loaded = [img if hasattr(img, "mode") else load_image(img) for img in images]
+        attachments = [Attachment("image", "image/png", to_png_bytes(img), meta={"size": list(img.size)})
+                       for img in loaded]
+        meta: dict = {}
+        if audio is not None:
+            transcript = self.engine.whisper.transcribe(audio).text.strip()
+            yield ChatEvent("transcript", transcript)
+            meta["transcript"] = transcript
+            text = f"{text.strip()}\n{transcript}".strip() if text.strip() else transcript
+            attachments.append(Attachment("audio", "audio/flac", _flac_bytes(audio),
+                                          meta={"duration_s": round(len(audio) / 16_000, 2)}))
+        if not text.strip() and not attachments:
+            raise MMChatError("Nothing to send: the message is empty (and no speech was heard).")
+        user = self.store.add_message(self.conversation_id, "user", text, attachments=attachments, meta=meta)
+        yield ChatEvent("user", text, message=user)
+        yield from self._reply(stop=stop)
+
+    def regenerate(self, *, stop: threading.Event | None = None) -> Iterator[ChatEvent]:
+        """Replace the last reply with a new one."""
+        history = self.history()
+        if history and history[-1].role == "assistant":
+            self.store.truncate_from(self.conversation_id, history[-1].id)
+        if not self.history() or self.history()[-1].role != "user":
+            raise MMChatError("There is no message to answer.")
+        yield from self._reply(stop=stop)
+
+    def edit_and_resend(self, message_id: int, text: str, *, stop: threading.Event | None = None) -> Iterator[ChatEvent]:
+        """Replace a user message (keeping its attachments) and everything after it, then reply."""
+        original = next((m for m in self.history() if m.id == message_id and m.role == "user"), None)
+        if original is None:
+            raise MMChatError("That message cannot be edited (it is not one of your messages here).")
+        self.store.truncate_from(self.conversation_id, message_id)
+        user = self.store.add_message(self.conversation_id, "user", text,
+                                      attachments=original.attachments, meta=original.meta)
+        yield ChatEvent("user", text, message=user)
+        yield from self._reply(stop=stop)
+
+    # -- the reply -------------------------------------------------------------------------------
+    def _reply(self, *, stop: threading.Event | None) -> Iterator[ChatEvent]:
+        from mmchat.llm import GenerationConfig
+
+        llm = self.engine.llm
+        messages, media, notes = self._prompt(self.history())
+        for note in notes:
+            yield ChatEvent("notice", note)
+        config = self.generation or GenerationConfig()
+        chunks: list[str] = []
+        started = time.monotonic()
+        first_token_s = None
+        status = "complete"
+        try:
+            for chunk in llm.stream(messages, config=config, media=media, stop=stop):
+                if first_token_s is None:
+                    first_token_s = time.monotonic() - started
+                chunks.append(chunk)
+                yield ChatEvent("token", chunk)
+        except GeneratorExit:  # the consumer stopped reading: keep what was said so far
+            status = "stopped"
+            raise
+        except BaseException:
+            status = "error"
+            raise
+        finally:
+            if stop is not None and stop.is_set() and status == "complete":
+                status = "stopped"
+            reply = "".join(chunks)
+            stats = {"model": llm.name, "seconds": round(time.monotonic() - started, 3),
+                     "first_token_s": None if first_token_s is None else round(first_token_s, 3)}
+            stored = None
+            if reply or status == "complete":
+                stored = self.store.add_message(self.conversation_id, "assistant", reply, status=status, meta=stats)
+        yield ChatEvent("done", reply, message=stored, stats=stats)
+
+    def _prompt(self, history: Sequence[Message]) -> tuple[list[dict], list, list[str]]:
+        """Chat-template messages, the media tensors in placeholder order, and notes to show."""
+        messages = [{"role": "system", "content": self.system_prompt}]
+        tensors: list = []
+        notes: list[str] = []
+        image_index = 0
+        for message in history:
+            parts = []
+            for attachment in message.attachments:
+                if attachment.kind == "image":
+                    image_index += 1
+                    part = self._media_part(attachment, index=image_index)
+                else:
+                    part = self._media_part(attachment, transcript=message.meta.get("transcript", ""))
+                if part.note and part.note not in self._notes_shown:
+                    self._notes_shown.add(part.note)
+                    notes.append(part.note)
+                if part.text:
+                    parts.append(part.text)
+                tensors.extend(part.tensors)
+            content = "\n".join([*parts, message.content]) if parts else message.content
+            messages.append({"role": message.role, "content": content})
+        return messages, tensors, notes
+
+    def _media_part(self, attachment: Attachment, *, index: int = 0, transcript: str = "") -> MediaPart:
+        key = f"{attachment.sha256}:{index}"
+        if key in self._media_cache:
+            self._media_cache.move_to_end(key)
+            return self._media_cache[key]
+        if attachment.kind == "image":
+            from mmchat.images import load_image
+
+            part = self.media.image(load_image(attachment.data), index=index)
+        else:
+            from mmchat.audio import load_audio
+
+            part = self.media.audio(load_audio(io.BytesIO(attachment.data)), transcript=transcript)
+        self._media_cache[key] = part
+        while len(self._media_cache) > MEDIA_CACHE_ITEMS:
+            self._media_cache.popitem(last=False)
+        return part
+
+
+def _flac_bytes(audio: np.ndarray) -> bytes:
+    import soundfile
+
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.asarray(audio, dtype=np.float32), 16_000, format="FLAC")
+    return buffer.getvalue()

@@ -1,0 +1,116 @@
+"""What is installed, where data lives and what works here: ``mmchat doctor`` and Help → About.
+
+Cheap by default: model states come from package presence and conversion manifests, not from
+re-hashing gigabytes; ``mmchat models verify`` does the full sha256 check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import platform
+import sys
+
+from mmchat import __version__, cache, paths, probe, registry
+from mmchat.errors import MMChatError
+
+LIBRARIES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "Pillow", "soundfile",
+             "PySide6-Essentials", "sounddevice", "piper-tts", "onnxruntime")
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def model_state(spec: registry.ModelSpec) -> str:
+    """A short phrase: "bundled, converted", "bundled, not converted yet", "fetched", "not fetched", ..."""
+    if spec.bundled:
+        if not spec.is_installed():
+            return "missing (reinstall)"
+        if spec.source_format in ("gguf", "ctranslate2"):
+            converted = any(_manifest_source(d) == spec.sha256 for d in cache.cached_conversions(spec.name))
+            return "bundled, converted" if converted else "bundled, converts on first use"
+        return "bundled"
+    fetched = (paths.models_dir() / spec.name / "hub").is_dir()
+    if spec.role is registry.Role.IMAGE and not fetched:
+        return "untrained (random init)"
+    return "fetched" if fetched else "not fetched"
+
+
+def _manifest_source(directory) -> str | None:
+    import json
+
+    try:
+        return json.loads((directory / cache.MANIFEST).read_text()).get("source_sha256")
+    except (OSError, ValueError):
+        return None
+
+
+def model_rows() -> list[dict]:
+    return [{
+        "name": m.name, "role": m.role.value, "default": m.default, "state": model_state(m),
+        "licence": m.licence, "size_mb": round(m.size_bytes / 1e6), "sha256": m.sha256,
+        "source": (", ".join(p.requirement for p in m.parts) if m.bundled else f"hub:{m.hub_id}"),
+        "description": m.description,
+    } for m in registry.MODELS]
+
+
+def verify_model(spec: registry.ModelSpec) -> tuple[bool, str]:
+    """Full check: bundled parts hash to the registry sha256; cached conversions match their manifest."""
+    if not spec.bundled:
+        hub = paths.models_dir() / spec.name / "hub"
+        return (True, "not fetched (optional)") if not hub.is_dir() else (
+            cache.verify_manifest(hub), f"fetched files in {hub}")
+    try:
+        parts = spec.locate_parts()
+    except MMChatError as exc:
+        return False, str(exc)
+    digest = hashlib.sha256()
+    for part in parts:
+        with open(part, "rb") as f:
+            while chunk := f.read(cache.CHUNK_BYTES):
+                digest.update(chunk)
+    if digest.hexdigest() != spec.sha256:
+        return False, "bundled files do not match the registry sha256 (reinstall the model packages)"
+    detail = "bundled files match sha256"
+    for directory in cache.cached_conversions(spec.name):
+        ok = cache.verify_manifest(directory)
+        detail += f"; conversion {directory.name}: {'ok' if ok else 'CORRUPT (will be rebuilt on next load)'}"
+        if not ok:
+            return False, detail
+    return True, detail
+
+
+def report() -> dict:
+    mic, screen, qt, bf16 = probe.microphone(), probe.display(), probe.qt(), probe.bf16()
+    return {
+        "mmchat": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "libraries": {name: _version(name) for name in LIBRARIES},
+        "paths": {"data": str(paths.data_dir()), "database": str(paths.database_path()),
+                  "cache": str(paths.cache_dir()), "models": str(paths.models_dir()),
+                  "assets": str(paths.assets_dir())},
+        "models": model_rows(),
+        "features": {
+            "display": {"ok": screen.ok, "reason": screen.reason},
+            "qt": {"ok": qt.ok, "reason": qt.reason},
+            "microphone": {"ok": mic.ok, "reason": mic.reason},
+            "bf16": {"ok": bf16.ok, "reason": bf16.reason},
+        },
+    }
+
+
+def format_report(data: dict) -> str:
+    lines = [f"mmchat {data['mmchat']} on Python {data['python']} ({data['platform']})", "", "Libraries:"]
+    lines += [f"  {name:20} {version or 'not installed'}" for name, version in data["libraries"].items()]
+    lines += ["", "Paths:"] + [f"  {k:9} {v}" for k, v in data["paths"].items()]
+    lines += ["", "Models:"]
+    lines += [f"  {m['name']:30} {m['role']:18} {m['state']}" for m in data["models"]]
+    lines += ["", "Features:"]
+    for name, feature in data["features"].items():
+        lines.append(f"  {name:11} {'yes' if feature['ok'] else 'no '}  {feature['reason']}")
+    return "\n".join(lines)

@@ -1,0 +1,149 @@
+"""The models a chat needs, loaded lazily, once, thread-safely, with observable status.
+
+The CLI loads what a command needs; the app loads everything after its window is shown, from a
+worker thread, and shows each slot's state in its status bar via ``on_status``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mmchat import registry
+from mmchat.errors import MMChatError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SlotStatus:
+    role: str  # "llm", "asr", "image"
+    model: str  # registry name
+    state: str  # "idle" | "loading" | "ready" | "error"
+    detail: str = ""  # error message, "untrained", progress text
+    progress: float | None = None  # 0..1 while loading, when known
+
+
+StatusCallback = Callable[[SlotStatus], None]
+
+
+class _Slot:
+    def __init__(self, role: str, model: str, loader: Callable[[str, Callable[[int, int], None]], Any],
+                 notify: Callable[[SlotStatus], None]) -> None:
+        self.role, self.model = role, model
+        self._loader, self._notify = loader, notify
+        self._lock = threading.Lock()
+        self._value: Any = None
+        self.status = SlotStatus(role, model, "idle")
+
+    def _set(self, state: str, detail: str = "", progress: float | None = None) -> None:
+        self.status = SlotStatus(self.role, self.model, state, detail, progress)
+        self._notify(self.status)
+
+    def get(self) -> Any:
+        with self._lock:
+            if self._value is not None:
+                return self._value
+            self._set("loading", progress=0.0)
+            started = time.monotonic()
+
+            def progress(done: int, total: int) -> None:
+                self._set("loading", "converting (one time)", done / total if total else None)
+
+            try:
+                self._value = self._loader(self.model, progress)
+            except MMChatError as exc:
+                self._set("error", str(exc))
+                raise
+            except Exception as exc:
+                self._set("error", f"{type(exc).__name__}: {exc}")
+                raise
+            detail = "untrained" if getattr(self._value, "trained", True) is False else ""
+            self._set("ready", detail)
+            log.info("%s %s ready in %.1f s", self.role, self.model, time.monotonic() - started)
+            return self._value
+
+    @property
+    def loaded(self) -> bool:
+        return self._value is not None
+
+
+def _load_llm(name: str, progress):
+    from mmchat.llm import LLM
+
+    return LLM.load(name, progress=progress)
+
+
+def _load_whisper(name: str, progress):
+    from mmchat.encoders.whisper import Whisper
+
+    return Whisper.load(name, progress=progress)
+
+
+def _load_image_encoder(name: str, progress):
+    from mmchat.encoders.clip import load_image_encoder
+
+    return load_image_encoder(name)
+
+
+class Engine:
+    """Holds one LLM, one speech model and one image encoder, each loaded on first use."""
+
+    def __init__(self, *, llm: str | None = None, asr: str | None = None, image: str | None = None,
+                 on_status: StatusCallback | None = None) -> None:
+        self._callbacks: list[StatusCallback] = [on_status] if on_status else []
+        llm = llm or registry.default(registry.Role.LLM).name
+        asr = asr or registry.default(registry.Role.ASR).name
+        image = image or registry.default(registry.Role.IMAGE).name
+        for name, role in ((llm, registry.Role.LLM), (asr, registry.Role.ASR), (image, registry.Role.IMAGE)):
+            if registry.get(name).role is not role:
+                raise MMChatError(f"{name} is not a {role.value} model.")
+        self._slots = {
+            "llm": _Slot("llm", llm, _load_llm, self._notify),
+            "asr": _Slot("asr", asr, _load_whisper, self._notify),
+            "image": _Slot("image", image, _load_image_encoder, self._notify),
+        }
+
+    def add_status_callback(self, callback: StatusCallback) -> None:
+        self._callbacks.append(callback)
+
+    def _notify(self, status: SlotStatus) -> None:
+        for callback in self._callbacks:
+            callback(status)
+
+    @property
+    def llm(self):
+        """The chat model (:class:`mmchat.llm.LLM`), loaded on first access."""
+        return self._slots["llm"].get()
+
+    @property
+    def whisper(self):
+        """The speech model (:class:`mmchat.encoders.whisper.Whisper`)."""
+        return self._slots["asr"].get()
+
+    @property
+    def image_encoder(self):
+        """The CLIP image encoder (``trained`` is False for the seeded random init)."""
+        return self._slots["image"].get()
+
+    def status(self) -> dict[str, SlotStatus]:
+        return {role: slot.status for role, slot in self._slots.items()}
+
+    def model_name(self, role: str) -> str:
+        return self._slots[role].model
+
+    def is_loaded(self, role: str) -> bool:
+        return self._slots[role].loaded
+
+    def load_all(self) -> None:
+        """Load every model (the app calls this from a worker thread). Errors are reported through
+        the status of their slot and do not stop the others from loading."""
+        for slot in self._slots.values():
+            try:
+                slot.get()
+            except Exception:
+                log.exception("loading %s failed", slot.model)

@@ -1,0 +1,74 @@
+"""Probe what this machine offers, so each missing piece turns off just its feature with a reason.
+
+Every probe returns a :class:`Probe` (``ok`` plus a sentence a user can act on) and never raises.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Probe:
+    ok: bool
+    reason: str  # why not, or what was found
+
+
+def display() -> Probe:
+    """Can a Qt window be shown? On Linux that needs X11, Wayland or an explicit Qt platform."""
+    platform = os.environ.get("QT_QPA_PLATFORM", "")
+    if platform:
+        return Probe(True, f"Qt platform {platform!r} (QT_QPA_PLATFORM)")
+    if not sys.platform.startswith("linux"):
+        return Probe(True, f"{sys.platform} desktop")
+    for var in ("WAYLAND_DISPLAY", "DISPLAY"):
+        if os.environ.get(var):
+            return Probe(True, f"{var}={os.environ[var]}")
+    return Probe(False, "no display (neither DISPLAY nor WAYLAND_DISPLAY is set)")
+
+
+def microphone() -> Probe:
+    """Is there PortAudio and at least one input device?"""
+    try:
+        import sounddevice
+    except OSError as exc:  # the Python package is there, the PortAudio library is not
+        return Probe(False, f"PortAudio is not installed ({exc}); on Debian: apt install libportaudio2")
+    except ImportError as exc:
+        return Probe(False, f"the sounddevice package is missing ({exc})")
+    try:
+        devices = sounddevice.query_devices()
+    except Exception as exc:  # PortAudio raises its own error types
+        return Probe(False, f"PortAudio could not list audio devices ({exc})")
+    inputs = [d for d in devices if d.get("max_input_channels", 0) > 0]
+    if not inputs:
+        return Probe(False, "no microphone: PortAudio found no input device")
+    return Probe(True, f"{len(inputs)} input device(s), e.g. {inputs[0]['name']}")
+
+
+def qt() -> Probe:
+    try:
+        import PySide6
+    except ImportError as exc:
+        return Probe(False, f"PySide6 is not installed ({exc})")
+    return Probe(True, f"PySide6 {PySide6.__version__}")
+
+
+def bf16() -> Probe:
+    """Does the CPU do bf16 matrix maths natively (AVX512-BF16 / AMX)? Decode is faster in bf16 there."""
+    try:
+        import torch
+
+        capability = torch.backends.cpu.get_cpu_capability()
+    except Exception as exc:
+        return Probe(False, f"unknown ({exc})")
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        pass
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        return Probe(True, f"native bf16 ({capability})")
+    return Probe(False, f"no native bf16 ({capability}); bf16 still works, emulated")

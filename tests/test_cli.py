@@ -1,0 +1,68 @@
+"""The command line as a user runs it: a real subprocess, real exit codes and messages."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mmchat import __version__
+
+
+def mmchat(*args, env=None, input=None, timeout=600):
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "mmchat.cli", *args], capture_output=True, text=True,
+                          env=full_env, input=input, timeout=timeout)
+
+
+def test_version():
+    result = mmchat("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"mmchat {__version__}"
+
+
+def test_no_display_says_so_in_one_line_and_points_to_terminal_chat():
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    result = subprocess.run([sys.executable, "-m", "mmchat.cli"], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "no display" in result.stderr and "mmchat chat" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_doctor_json_reports_paths_models_and_features(data_dir):
+    result = mmchat("doctor", "--json", env={"MMCHAT_DATA_DIR": str(data_dir)})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["paths"]["data"] == str(data_dir)
+    names = {m["name"]: m for m in report["models"]}
+    assert names["qwen2.5-coder-0.5b-instruct"]["default"] and names["qwen2.5-coder-0.5b-instruct"]["role"] == "llm"
+    assert names["clip-vit-b-32"]["state"] in ("untrained (random init)", "fetched")
+    for feature in ("display", "microphone", "qt"):
+        assert set(report["features"][feature]) == {"ok", "reason"} and report["features"][feature]["reason"]
+
+
+def test_models_list_and_verify():
+    listed = mmchat("models", "list", "--json")
+    assert listed.returncode == 0
+    rows = json.loads(listed.stdout)
+    roles = {r["role"] for r in rows}
+    assert {"llm", "asr+audio-encoder", "image-encoder", "text-embedder"} <= roles
+    for row in rows:
+        assert row["licence"] and row["size_mb"] > 0 and row["source"]
+    verified = mmchat("models", "verify", "minilm-l6")
+    assert verified.returncode == 0 and "ok" in verified.stdout
+
+
+def test_unknown_model_is_a_clean_error():
+    result = mmchat("models", "verify", "no-such-model")
+    assert result.returncode == 1
+    assert "Unknown model 'no-such-model'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_image_is_a_clean_error_and_nothing_is_stored(data_dir, tmp_path):
+    result = mmchat("chat", "--once", "what is this?", "--image", str(tmp_path / "nope.png"),
+                    env={"MMCHAT_DATA_DIR": str(data_dir)})
+    assert result.returncode == 1, result.stderr
+    assert "nope.png" in result.stderr and "Traceback" not in result.stderr
+    history = mmchat("history", env={"MMCHAT_DATA_DIR": str(data_dir)})
+    assert "what is this" not in history.stdout
