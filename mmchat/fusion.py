@@ -1,0 +1,239 @@
+"""Learned weighted fusion: image (CLIP) and audio (Whisper) features into the LLM's embedding space.
+
+Each modality has a projector chosen by name (``linear``, ``mlp2x_gelu``; LLaVA's builder pattern)
+that maps encoder features to a group of tokens of the LLM's hidden size:
+
+* image: CLIP patch tokens (7×7 grid of 768-d) → average-pooled to a k×k grid → projector → k² tokens;
+* audio: Whisper encoder frames of the speech actually present → ``audio_stack`` consecutive frames
+  concatenated → projector → one token per stack (capped at ``max_audio_tokens``).
+
+Learned per-modality weights w = softmax(α) scale each modality's token group, and one fused summary
+token x̂ = Σ wᵢ x̂ᵢ (x̂ᵢ the mean of modality i's tokens) follows each group. The LLM stays frozen.
+In the prompt each group sits between text delimiters: ``<image>…</image>``, ``<audio>…</audio>``.
+
+Checkpoints are safetensors + JSON metadata recording the LLM, each encoder's name and weight
+fingerprint, dims, training-data hash and eval metrics, with the sha256 of the weights file.
+Loading against another LLM or encoder raises :class:`FusionMismatch` with a clear message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mmchat.errors import MMChatError
+
+MODALITIES = ("image", "audio")
+DELIMITERS = {"image": ("<image>", "</image>"), "audio": ("<audio>", "</audio>")}
+WEIGHTS_FILE = "fusion.safetensors"
+META_FILE = "fusion.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    llm: str  # registry name of the frozen LLM
+    hidden_size: int  # its embedding width
+    image_encoder: str = "clip-vit-b-32"
+    image_fingerprint: str = ""  # sha256 of the encoder weights the projector was trained against
+    image_dim: int = 768  # CLIP ViT-B/32 patch width
+    image_grid: int = 4  # patches pooled from 7×7 to grid×grid tokens
+    image_projector: str = "mlp2x_gelu"
+    audio_encoder: str = "whisper-base"
+    audio_fingerprint: str = ""
+    audio_dim: int = 512  # Whisper-base d_model
+    audio_stack: int = 4  # encoder frames (20 ms each) per audio token
+    max_audio_tokens: int = 64  # 64 × 4 frames × 20 ms ≈ 5 s at full resolution
+    audio_projector: str = "mlp2x_gelu"
+    embed_rms: float = 0.02  # RMS of the LLM's token embeddings; projector outputs start at this scale
+
+    @property
+    def image_tokens(self) -> int:
+        return self.image_grid * self.image_grid + 1  # group + summary token
+
+
+class FusionMismatch(MMChatError):
+    """A checkpoint trained against another LLM or encoder than the one loaded."""
+
+
+# -- projectors: a registry keyed by name ---------------------------------------------------------
+def _linear(in_dim: int, out_dim: int) -> nn.Module:
+    return nn.Linear(in_dim, out_dim)
+
+
+def _mlp2x_gelu(in_dim: int, out_dim: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+
+
+PROJECTORS = {"linear": _linear, "mlp2x_gelu": _mlp2x_gelu}
+
+
+def build_projector(name: str, in_dim: int, out_dim: int) -> nn.Module:
+    try:
+        factory = PROJECTORS[name]
+    except KeyError:
+        raise ValueError(f"unknown projector {name!r}; known: {', '.join(PROJECTORS)}") from None
+    return factory(in_dim, out_dim)
+
+
+class _Branch(nn.Module):
+    """LayerNorm on encoder features → projector → learned output scale (starts at the LLM's embedding RMS)."""
+
+    def __init__(self, projector: str, in_dim: int, out_dim: int, embed_rms: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim)
+        self.proj = build_projector(projector, in_dim, out_dim)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(embed_rms)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.proj(self.norm(x))
+        y = y / y.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()  # unit RMS per token
+        return y * self.log_scale.exp()
+
+
+class Fusion(nn.Module):
+    """Projectors for both modalities plus the learned modality weights α."""
+
+    def __init__(self, config: FusionConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.image = _Branch(config.image_projector, config.image_dim, config.hidden_size, config.embed_rms)
+        self.audio = _Branch(config.audio_projector, config.audio_dim * config.audio_stack, config.hidden_size,
+                             config.embed_rms)
+        self.alpha = nn.Parameter(torch.zeros(len(MODALITIES)))
+
+    def weights(self) -> dict[str, float]:
+        w = torch.softmax(self.alpha.detach().float(), 0)
+        return {m: round(float(w[i]), 4) for i, m in enumerate(MODALITIES)}
+
+    def _scale(self, modality: str) -> torch.Tensor:
+        # ×M so that equal weights (α = 0) leave a group at unit gain.
+        return torch.softmax(self.alpha, 0)[MODALITIES.index(modality)] * len(MODALITIES)
+
+    def image_tokens(self, patches: torch.Tensor) -> torch.Tensor:
+        """(B, 49, image_dim) CLIP patch tokens → (B, grid² + 1, hidden): weighted group + summary."""
+        b, n, d = patches.shape
+        side = math.isqrt(n)
+        grid = patches.transpose(1, 2).reshape(b, d, side, side)
+        pooled = nn.functional.adaptive_avg_pool2d(grid, self.config.image_grid).flatten(2).transpose(1, 2)
+        group = self.image(pooled) * self._scale("image")
+        return torch.cat([group, group.mean(1, keepdim=True)], dim=1)
+
+    def audio_tokens(self, frames: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, audio_dim) Whisper frames → (B, tokens + 1, hidden). Frames beyond ``lengths`` are padding."""
+        stacked, mask = self._stack(frames, lengths)
+        group = self.audio(stacked) * self._scale("audio") * mask.unsqueeze(-1)
+        summary = group.sum(1, keepdim=True) / mask.sum(1).clamp(min=1).view(-1, 1, 1)
+        return torch.cat([group, summary], dim=1)
+
+    def _stack(self, frames: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        b, t, d = frames.shape
+        s = self.config.audio_stack
+        pad = (-t) % s
+        if pad:
+            frames = nn.functional.pad(frames, (0, 0, 0, pad))
+        stacked = frames.reshape(b, (t + pad) // s, d * s)
+        lengths = torch.full((b,), t, dtype=torch.long) if lengths is None else lengths
+        n_tokens = (lengths + s - 1) // s
+        mask = (torch.arange(stacked.shape[1]).unsqueeze(0) < n_tokens.unsqueeze(1)).to(stacked.dtype)
+        return stacked, mask
+
+    def fit_audio_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """(T, audio_dim) frames of one clip, averaged down in time so they make at most
+        ``max_audio_tokens`` tokens (long clips keep their whole span, coarser)."""
+        limit = self.config.max_audio_tokens * self.config.audio_stack
+        if frames.shape[0] <= limit:
+            return frames
+        return nn.functional.adaptive_avg_pool1d(frames.T.unsqueeze(0), limit).squeeze(0).T
+
+    def fused(self, image: torch.Tensor | None, audio: torch.Tensor | None) -> torch.Tensor:
+        """One token Σ wᵢ x̂ᵢ over the modalities present (each (B, n, hidden) token groups)."""
+        parts = [g[:, :-1].mean(1) for g in (image, audio) if g is not None]
+        return torch.stack(parts, 0).sum(0).unsqueeze(1)
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+@dataclass
+class FusionMeta:
+    config: FusionConfig
+    data_hash: str = ""
+    metrics: dict = field(default_factory=dict)
+    weights_sha256: str = ""
+    trained_steps: int = 0
+    format_version: int = FORMAT_VERSION
+
+
+def save(fusion: Fusion, directory: Path, *, data_hash: str = "", metrics: dict | None = None,
+         trained_steps: int = 0) -> Path:
+    """Write ``fusion.safetensors`` and ``fusion.json`` (with the weights' sha256) atomically."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / WEIGHTS_FILE
+    tmp = weights.with_suffix(".tmp")
+    state = {k: v.detach().float().contiguous() for k, v in fusion.state_dict().items()}
+    save_file(state, tmp, metadata={"format": "mmchat-fusion"})
+    tmp.replace(weights)
+    meta = FusionMeta(fusion.config, data_hash, dict(metrics or {}), _sha256(weights), trained_steps)
+    meta_tmp = directory / (META_FILE + ".tmp")
+    meta_tmp.write_text(json.dumps(dataclasses.asdict(meta), indent=2, sort_keys=True))
+    meta_tmp.replace(directory / META_FILE)
+    return directory
+
+
+def read_meta(directory: Path) -> FusionMeta:
+    try:
+        raw = json.loads((directory / META_FILE).read_text())
+        config = FusionConfig(**raw.pop("config"))
+        return FusionMeta(config=config, **raw)
+    except FileNotFoundError:
+        raise MMChatError(f"No fusion checkpoint in {directory}.", hint="Train one with `mmchat train-fusion`.") from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise MMChatError(f"The fusion checkpoint metadata in {directory} is unreadable ({exc}).") from None
+
+
+def load(directory: Path, *, llm: str, hidden_size: int, image_fingerprint: str | None = None,
+         audio_fingerprint: str | None = None) -> Fusion:
+    """Load a checkpoint, verifying its sha256 and that it was trained for this LLM and these encoders.
+
+    A fingerprint of ``None`` skips that modality's check (its encoder is not loaded yet)."""
+    from safetensors.torch import load_file
+
+    meta = read_meta(directory)
+    cfg = meta.config
+    if meta.format_version != FORMAT_VERSION:
+        raise MMChatError(f"The fusion checkpoint in {directory} has format {meta.format_version}; "
+                          f"this mmchat reads format {FORMAT_VERSION}.", hint="Retrain with `mmchat train-fusion`.")
+    if cfg.llm != llm or cfg.hidden_size != hidden_size:
+        raise FusionMismatch(f"The fusion checkpoint was trained for the LLM {cfg.llm} (hidden {cfg.hidden_size}), "
+                             f"not {llm} (hidden {hidden_size}).", hint="Run `mmchat train-fusion` for this model.")
+    for modality, wanted, have in (("image", cfg.image_fingerprint, image_fingerprint),
+                                   ("audio", cfg.audio_fingerprint, audio_fingerprint)):
+        if have is not None and wanted and wanted != have:
+            raise FusionMismatch(
+                f"The fusion checkpoint's {modality} projector was trained against different {modality} encoder "
+                f"weights ({wanted[:12]}…) than the ones loaded ({have[:12]}…), e.g. real CLIP weights after "
+                "training on the random init.", hint="Run `mmchat train-fusion` to train it for these weights.")
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file() or _sha256(weights) != meta.weights_sha256:
+        raise MMChatError(f"The fusion weights in {directory} are missing or do not match their sha256 (corrupt or tampered).",
+                          hint="Restore them (e.g. reinstall mmchat) or retrain with `mmchat train-fusion`.")
+    fusion = Fusion(cfg)
+    fusion.load_state_dict(load_file(weights))
+    fusion.eval()
+    return fusion
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
