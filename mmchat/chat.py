@@ -16,12 +16,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
 from mmchat.engine import Engine
 from mmchat.errors import MMChatError
+from mmchat.media import MediaEncoder, MediaPart, media_encoder
 from mmchat.store import Attachment, ConversationStore, Message
 
 log = logging.getLogger(__name__)
@@ -31,54 +31,6 @@ SYSTEM_PROMPT = (
     "Answer clearly and concisely. Describe only what you are given; do not invent details."
 )
 MEDIA_CACHE_ITEMS = 64  # per session: encoded images/clips kept for re-use in later turns
-
-# Zero-shot vocabulary for describing an image in words when no fusion checkpoint matches.
-ZERO_SHOT_COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "black", "white")
-ZERO_SHOT_SHAPES = ("circle", "square", "triangle", "star")
-ZERO_SHOT_SCENES = ("a photo of a person", "a photo of an animal", "a photo of a landscape",
-                    "a photo of food", "a screenshot of text", "a chart or diagram", "a drawing")
-
-
-@dataclass(frozen=True)
-class MediaPart:
-    """What one image or clip contributes to the prompt: text (may hold ``MEDIA_PLACEHOLDER`` s)
-    and, in order, one tensor per placeholder."""
-
-    text: str
-    tensors: tuple = ()
-    note: str = ""  # shown to the user once, e.g. "image encoder untrained"
-
-
-class MediaEncoder(Protocol):
-    def image(self, image, *, index: int) -> MediaPart: ...
-
-    def audio(self, audio: np.ndarray, *, transcript: str) -> MediaPart: ...
-
-
-class TextFallbackMedia:
-    """No fusion: images become CLIP zero-shot labels in words; voice is its transcript alone."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    def image(self, image, *, index: int) -> MediaPart:
-        encoder = self.engine.image_encoder
-        colours = encoder.zero_shot(image, [f"a {c} object" for c in ZERO_SHOT_COLOURS])
-        shapes = encoder.zero_shot(image, [f"a {s}" for s in ZERO_SHOT_SHAPES])
-        scenes = encoder.zero_shot(image, list(ZERO_SHOT_SCENES))
-        guess = f"{scenes[0][0]}; main colour: {colours[0][0][2:]}; shape: {shapes[0][0][2:]}"
-        if not encoder.trained:
-            return MediaPart(
-                f"[Image {index}: attached. The image encoder is untrained, so its content is unknown; "
-                f"say you cannot see it clearly. Unreliable guess: {guess}]",
-                note="image encoder untrained: images are described by guesses "
-                     "(run `mmchat models fetch clip-vit-b-32`, then `mmchat train-fusion`)")
-        return MediaPart(f"[Image {index}, described by CLIP zero-shot labels: {guess}]",
-                         note="no fusion checkpoint for this image encoder: images are described in words "
-                              "(run `mmchat train-fusion` for image understanding)")
-
-    def audio(self, audio: np.ndarray, *, transcript: str) -> MediaPart:
-        return MediaPart("")
 
 
 @dataclass(frozen=True)
@@ -100,11 +52,18 @@ class ChatSession:
         if conversation_id is None or self.store.get_conversation(conversation_id) is None:
             conversation_id = self.store.create_conversation().id
         self.conversation_id = conversation_id
-        self.media = media or TextFallbackMedia(engine)
+        self._media = media
         self.system_prompt = system_prompt
         self.generation = generation
         self._media_cache: OrderedDict[str, MediaPart] = OrderedDict()
         self._notes_shown: set[str] = set()
+
+    @property
+    def media(self) -> MediaEncoder:
+        """Fusion where a checkpoint matches the loaded models, words otherwise (decided on first use)."""
+        if self._media is None:
+            self._media = media_encoder(self.engine)
+        return self._media
 
     def history(self) -> list[Message]:
         return self.store.messages(self.conversation_id)
