@@ -70,9 +70,11 @@ class ChatSession:
 
     # -- sending ---------------------------------------------------------------------------------
     def send(self, text: str, *, images: Sequence = (), audio: np.ndarray | None = None,
-             stop: threading.Event | None = None) -> Iterator[ChatEvent]:
+             transcript: str | None = None, stop: threading.Event | None = None) -> Iterator[ChatEvent]:
         """Send one user turn. Images and audio are validated before anything is written, so bad
-        input raises :class:`MMChatError` and leaves the conversation as it was."""
+        input raises :class:`MMChatError` and leaves the conversation as it was. ``transcript`` is
+        the user's reviewed transcript of ``audio`` (the app shows it before sending); without it
+        the audio is transcribed here."""
         from mmchat.images import load_image, to_png_bytes
 
         loaded = [img if hasattr(img, "mode") else load_image(img) for img in images]
@@ -80,8 +82,10 @@ class ChatSession:
                        for img in loaded]
         meta: dict = {}
         if audio is not None:
-            transcript = self.engine.whisper.transcribe(audio).text.strip()
-            yield ChatEvent("transcript", transcript)
+            if transcript is None:
+                transcript = self.engine.whisper.transcribe(audio).text.strip()
+                yield ChatEvent("transcript", transcript)
+            transcript = transcript.strip()
             meta["transcript"] = transcript
             text = f"{text.strip()}\n{transcript}".strip() if text.strip() else transcript
             attachments.append(Attachment("audio", "audio/flac", _flac_bytes(audio),
