@@ -1,0 +1,367 @@
+"""CLIP image encoders behind one small interface, chosen by backend name.
+
+:func:`load_image_encoder` returns an :class:`ImageEncoder`: pooled image embeddings, the last
+layer's patch tokens (what fusion projects into the LLM) and zero-shot labelling.
+
+Backends:
+
+* ``"transformers"`` — OpenAI-architecture CLIP through transformers' ``CLIPModel`` with the
+  PIL image processor (torchvision is neither needed nor installed). With the fetched weights
+  (``mmchat models fetch clip-vit-b-32``) it is the real OpenAI ViT-B/32 (``trained=True``).
+  Without them it is a *seeded random init* of the same architecture: deterministic across
+  processes and machines with the same torch/transformers, ``trained=False``, and every surface
+  should say "image encoder untrained". Random CLIP features still carry colour well and coarse
+  layout in the patch tokens, which is what a fusion projector can learn from.
+* ``"open_clip"`` — only where ``import open_clip`` works (not on this machine: it needs
+  torchvision). Real weights are an open_clip export (``open_clip_config.json`` +
+  ``open_clip_model.safetensors``, e.g. from ``timm/vit_base_patch32_clip_224.openai``) placed in
+  ``<models>/clip-vit-b-32/open_clip/``; ``backend="auto"`` prefers it when both hold.
+
+The random-init tokenizer: no CLIP vocabulary ships with mmchat, so without fetched files zero-shot
+uses :func:`byte_level_clip_tokenizer`, CLIP's own BPE tokenizer with *no merges*: the 512 byte-level
+entries of the real vocabulary (ids 0–511, same order) plus its start/end tokens. Every text gets a
+valid, unmerged CLIP token sequence. With random weights the zero-shot scores are meaningless either
+way (``trained`` says so); the point is that the code path runs and is tested end to end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from mmchat import download, paths, registry
+from mmchat.errors import MMChatError
+from mmchat.images import to_rgb
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "clip-vit-b-32"
+BATCH_SIZE = 16  # images per forward pass (bounds memory: ~0.6 GB activations at 16 on CPU fp32)
+CONTEXT_LENGTH = 77  # CLIP text tokens, including start and end
+ZERO_SHOT_TEMPLATE = "a photo of {}."
+UNTRAINED = "image encoder untrained"  # the phrase surfaces show for a random-init encoder
+OPEN_CLIP_SUBDIR = "open_clip"  # <models>/<name>/open_clip holds an open_clip export
+
+
+@dataclass(frozen=True)
+class ImageFeatures:
+    """Features of a batch of images."""
+
+    pooled: torch.Tensor  # (n, embed_dim) projected image embedding, L2-normalised, float32
+    patches: torch.Tensor  # (n, num_patches, patch_dim) last-layer patch tokens (no CLS), float32
+
+
+@runtime_checkable
+class ImageEncoder(Protocol):
+    name: str  # registry name
+    backend: str  # "transformers" or "open_clip"
+    trained: bool  # False for the seeded random init
+    fingerprint: str  # sha256 of what determines the features (weights + preprocessing)
+    embed_dim: int  # pooled width (512 for ViT-B/32)
+    patch_dim: int  # patch token width (768 for ViT-B/32)
+    num_patches: int  # patch tokens per image (49 for ViT-B/32 at 224 px)
+
+    @property
+    def status(self) -> str: ...
+
+    def encode(self, images: Sequence[Image.Image]) -> ImageFeatures: ...
+
+    def zero_shot(self, image: Image.Image, labels: Sequence[str], *,
+                  template: str = ZERO_SHOT_TEMPLATE) -> list[tuple[str, float]]: ...
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def weights_fingerprint(state: dict[str, torch.Tensor], *, extra: dict | None = None) -> str:
+    """sha256 over tensors in sorted-name order (name, dtype, shape, raw bytes) and ``extra`` as JSON."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().to("cpu").contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    if extra:
+        digest.update(json.dumps(extra, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _bytes_to_unicode_order() -> list[str]:
+    """GPT-2 / CLIP byte-to-character table, in CLIP vocabulary order (printable bytes first)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    rest = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(rest))]
+
+
+def byte_level_clip_tokenizer():
+    """CLIP's tokenizer with the real vocabulary's 512 byte-level entries and no merges (see module doc)."""
+    from transformers import CLIPTokenizer
+
+    chars = _bytes_to_unicode_order()
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({f"{c}</w>": 256 + i for i, c in enumerate(chars)})
+    vocab.update({"<|startoftext|>": 49_406, "<|endoftext|>": 49_407})  # CLIP's special-token ids
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=CONTEXT_LENGTH)
+
+
+def _batches(images: Sequence[Image.Image], size: int) -> Iterator[list[Image.Image]]:
+    for start in range(0, len(images), size):
+        yield [to_rgb(im) for im in images[start:start + size]]
+
+
+def _check_images(images: Sequence[Image.Image]) -> None:
+    for image in images:
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"expected PIL images, got {type(image).__name__}")
+
+
+def _ranked(labels: Sequence[str], image_embed: torch.Tensor, text_embeds: torch.Tensor,
+            logit_scale: torch.Tensor) -> list[tuple[str, float]]:
+    logits = logit_scale.exp() * F.normalize(image_embed, dim=-1) @ F.normalize(text_embeds, dim=-1).T
+    probs = logits.softmax(dim=-1).reshape(-1).tolist()
+    return sorted(zip(labels, probs), key=lambda pair: pair[1], reverse=True)
+
+
+def _check_labels(labels: Sequence[str]) -> list[str]:
+    labels = [str(label) for label in labels]
+    if not labels:
+        raise MMChatError("Zero-shot labelling needs at least one label.")
+    return labels
+
+
+def _seeded(seed: int, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """``build()`` under ``torch.manual_seed(seed)``, leaving the caller's RNG state untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+# ------------------------------------------------------------------------------------------------
+# transformers backend
+
+
+class TransformersClipBackend:
+    """OpenAI-architecture CLIP through transformers (real weights or seeded random init)."""
+
+    backend = "transformers"
+
+    def __init__(self, model, processor, tokenizer, *, name: str, trained: bool,
+                 batch_size: int = BATCH_SIZE) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.processor = processor
+        self.tokenizer = tokenizer
+        self.name = name
+        self.trained = trained
+        self.batch_size = batch_size
+        vision = model.config.vision_config
+        self.embed_dim = model.config.projection_dim
+        self.patch_dim = vision.hidden_size
+        self.num_patches = (vision.image_size // vision.patch_size) ** 2
+        state = {f"vision_model.{k}": v for k, v in model.vision_model.state_dict().items()}
+        state.update({f"visual_projection.{k}": v for k, v in model.visual_projection.state_dict().items()})
+        self.fingerprint = weights_fingerprint(state, extra={"preprocess": self._preprocess_config()})
+
+    @classmethod
+    def load(cls, spec: registry.ModelSpec, *, batch_size: int = BATCH_SIZE) -> TransformersClipBackend:
+        """Fetched OpenAI weights when present, else the seeded random init."""
+        if download.is_fetched(spec.name):
+            return cls.from_pretrained(download.hub_dir(spec.name), name=spec.name, batch_size=batch_size)
+        return cls.random_init(spec, batch_size=batch_size)
+
+    @classmethod
+    def from_pretrained(cls, directory: Path, *, name: str = DEFAULT_MODEL,
+                        batch_size: int = BATCH_SIZE) -> TransformersClipBackend:
+        from safetensors import SafetensorError
+        from transformers import CLIPModel, CLIPTokenizer
+
+        try:
+            model = CLIPModel.from_pretrained(directory, local_files_only=True, dtype=torch.float32)
+            processor = _pil_image_processor().from_pretrained(directory, local_files_only=True)
+            tokenizer = CLIPTokenizer.from_pretrained(directory, local_files_only=True)
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+            raise MMChatError(f"The fetched CLIP weights in {directory} could not be loaded ({exc}).",
+                              hint=f"Fetch them again: mmchat models fetch {name}") from None
+        return cls(model, processor, tokenizer, name=name, trained=True, batch_size=batch_size)
+
+    @classmethod
+    def random_init(cls, spec: registry.ModelSpec, *, batch_size: int = BATCH_SIZE) -> TransformersClipBackend:
+        """ViT-B/32-sized CLIP (vision 768 wide, patch 32, 224 px, projection 512), seeded from the registry."""
+        from transformers import CLIPConfig, CLIPModel
+
+        seed = int(spec.settings.get("seed", 0))
+        model = _seeded(seed, lambda: CLIPModel(CLIPConfig()))
+        vision = model.config.vision_config
+        assert (vision.hidden_size, vision.patch_size, vision.image_size, model.config.projection_dim) == (
+            768, 32, 224, 512), "transformers' default CLIPConfig is no longer ViT-B/32"
+        log.info("%s: no fetched weights, using a seeded random init (seed %d): %s", spec.name, seed, UNTRAINED)
+        return cls(model, _pil_image_processor()(), byte_level_clip_tokenizer(), name=spec.name,
+                   trained=False, batch_size=batch_size)
+
+    @property
+    def status(self) -> str:
+        if self.trained:
+            return f"{self.name} ({self.backend}, pretrained weights)"
+        return f"{self.name} ({self.backend}): {UNTRAINED} (seeded random init)"
+
+    def encode(self, images: Sequence[Image.Image]) -> ImageFeatures:
+        _check_images(images)
+        if not images:
+            return ImageFeatures(torch.zeros(0, self.embed_dim), torch.zeros(0, self.num_patches, self.patch_dim))
+        pooled, patches = [], []
+        with torch.inference_mode():
+            for batch in _batches(images, self.batch_size):
+                pixels = self.processor(images=batch, return_tensors="pt")["pixel_values"]
+                out = self.model.vision_model(pixel_values=pixels.to(torch.float32))
+                pooled.append(F.normalize(self.model.visual_projection(out.pooler_output), dim=-1))
+                patches.append(out.last_hidden_state[:, 1:, :])
+        return ImageFeatures(pooled=torch.cat(pooled), patches=torch.cat(patches))
+
+    def zero_shot(self, image: Image.Image, labels: Sequence[str], *,
+                  template: str = ZERO_SHOT_TEMPLATE) -> list[tuple[str, float]]:
+        """Labels with softmax probabilities, most likely first (meaningless when not ``trained``)."""
+        labels = _check_labels(labels)
+        image_embed = self.encode([image]).pooled
+        tokens = self.tokenizer([template.format(label) for label in labels], padding=True, truncation=True,
+                                max_length=CONTEXT_LENGTH, return_tensors="pt")
+        with torch.inference_mode():
+            text = self.model.text_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+            text_embeds = self.model.text_projection(text.pooler_output)
+            return _ranked(labels, image_embed, text_embeds, self.model.logit_scale)
+
+    def _preprocess_config(self) -> dict:
+        p = self.processor
+        return {"size": dict(p.size), "crop_size": dict(p.crop_size), "mean": list(p.image_mean),
+                "std": list(p.image_std), "resample": int(p.resample)}
+
+
+def _pil_image_processor():
+    """transformers' PIL-backed CLIP image processor (no torchvision)."""
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    return CLIPImageProcessorPil
+
+
+# ------------------------------------------------------------------------------------------------
+# open_clip backend (where open_clip imports; it needs a working torchvision)
+
+
+class OpenClipBackend:
+    """CLIP through open_clip: ``visual.forward_intermediates`` gives pooled features and patch tokens."""
+
+    backend = "open_clip"
+
+    def __init__(self, model, preprocess, tokenizer, *, name: str, trained: bool,
+                 batch_size: int = BATCH_SIZE) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.name = name
+        self.trained = trained
+        self.batch_size = batch_size
+        visual = model.visual
+        grid = visual.grid_size
+        self.num_patches = grid[0] * grid[1]
+        self.patch_dim = visual.transformer.width
+        self.embed_dim = visual.output_dim
+        state = {f"visual.{k}": v for k, v in visual.state_dict().items()}
+        self.fingerprint = weights_fingerprint(state, extra={"preprocess": repr(preprocess)})
+
+    @staticmethod
+    def importable() -> bool:
+        if importlib.util.find_spec("open_clip") is None:
+            return False
+        try:
+            import open_clip  # noqa: F401
+        except Exception as exc:  # a broken torchvision raises RuntimeError/OSError at import
+            log.info("open_clip is installed but does not import: %s", exc)
+            return False
+        return True
+
+    @staticmethod
+    def weights_dir(spec: registry.ModelSpec) -> Path | None:
+        directory = paths.models_dir() / spec.name / OPEN_CLIP_SUBDIR
+        if (directory / "open_clip_config.json").is_file() and (directory / "open_clip_model.safetensors").is_file():
+            return directory
+        return None
+
+    @classmethod
+    def load(cls, spec: registry.ModelSpec, *, batch_size: int = BATCH_SIZE) -> OpenClipBackend:
+        if not cls.importable():
+            raise MMChatError("The open_clip backend is not available here (open_clip does not import).",
+                              hint="Use the default transformers backend.")
+        import open_clip
+
+        directory = cls.weights_dir(spec)
+        if directory is not None:
+            source = f"local-dir:{directory}"
+            model, _, preprocess = open_clip.create_model_and_transforms(source)
+            tokenizer = open_clip.get_tokenizer(source)
+        else:
+            arch, tag = spec.settings.get("open_clip", ("ViT-B-32", "openai"))
+            quick_gelu = bool(open_clip.get_pretrained_cfg(arch, tag).get("quick_gelu", False))
+            model, _, preprocess = _seeded(int(spec.settings.get("seed", 0)), lambda: open_clip.create_model_and_transforms(
+                arch, pretrained=None, force_quick_gelu=quick_gelu))
+            tokenizer = open_clip.get_tokenizer(arch)
+        return cls(model, preprocess, tokenizer, name=spec.name, trained=directory is not None,
+                   batch_size=batch_size)
+
+    @property
+    def status(self) -> str:
+        if self.trained:
+            return f"{self.name} ({self.backend}, pretrained weights)"
+        return f"{self.name} ({self.backend}): {UNTRAINED} (seeded random init)"
+
+    def encode(self, images: Sequence[Image.Image]) -> ImageFeatures:
+        _check_images(images)
+        if not images:
+            return ImageFeatures(torch.zeros(0, self.embed_dim), torch.zeros(0, self.num_patches, self.patch_dim))
+        pooled, patches = [], []
+        with torch.inference_mode():
+            for batch in _batches(images, self.batch_size):
+                pixels = torch.stack([self.preprocess(im) for im in batch])
+                out = self.model.visual.forward_intermediates(pixels, indices=1, output_fmt="NLC")
+                pooled.append(F.normalize(out["image_features"].float(), dim=-1))
+                patches.append(out["image_intermediates"][-1].float())
+        return ImageFeatures(pooled=torch.cat(pooled), patches=torch.cat(patches))
+
+    def zero_shot(self, image: Image.Image, labels: Sequence[str], *,
+                  template: str = ZERO_SHOT_TEMPLATE) -> list[tuple[str, float]]:
+        labels = _check_labels(labels)
+        image_embed = self.encode([image]).pooled
+        with torch.inference_mode():
+            text_embeds = self.model.encode_text(self.tokenizer([template.format(label) for label in labels]))
+            return _ranked(labels, image_embed, text_embeds.float(), self.model.logit_scale)
+
+
+# ------------------------------------------------------------------------------------------------
+# Choosing a backend by name
+
+BACKENDS: dict[str, Callable[..., ImageEncoder]] = {
+    "transformers": TransformersClipBackend.load,
+    "open_clip": OpenClipBackend.load,
+}
+
+
+def load_image_encoder(name: str = DEFAULT_MODEL, *, backend: str = "auto") -> ImageEncoder:
+    """The image encoder ``name`` through ``backend`` ("auto": open_clip with real weights, else transformers)."""
+    spec = registry.get(name)
+    if spec.role is not registry.Role.IMAGE:
+        raise MMChatError(f"{name} is not an image encoder (it is a {spec.role.value} model).")
+    if backend == "auto":
+        use_open_clip = OpenClipBackend.weights_dir(spec) is not None and OpenClipBackend.importable()
+        backend = "open_clip" if use_open_clip else "transformers"
+    try:
+        loader = BACKENDS[backend]
+    except KeyError:
+        raise ValueError(f"unknown image encoder backend {backend!r}; known: auto, {', '.join(BACKENDS)}") from None
+    return loader(spec)
