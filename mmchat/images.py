@@ -13,6 +13,7 @@ import codecs
 import io
 import os
 import struct
+import threading
 import warnings
 from pathlib import Path
 
@@ -40,6 +41,9 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Inde
                   TypeError, ZeroDivisionError)
 
 
+_WARNINGS_LOCK = threading.Lock()
+
+
 def load_image(source: str | os.PathLike | bytes) -> Image.Image:
     """Decode ``source`` (a path or the file's bytes) into an RGB image, or raise MMChatError."""
     data, label = _read_source(source)
@@ -47,7 +51,8 @@ def load_image(source: str | os.PathLike | bytes) -> Image.Image:
         raise MMChatError(f"{label} is empty (0 bytes), not an image.")
     try:
         # A bomb warning becomes an error (our own limit is lower anyway); damaged-EXIF notes are dropped.
-        with warnings.catch_warnings():
+        # catch_warnings swaps process-wide filters, hence the lock when threads decode at once.
+        with _WARNINGS_LOCK, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")  # damaged metadata
             image = _open_checked(data, label)
@@ -162,7 +167,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def _high_depth_to_l(image: Image.Image) -> Image.Image:
     """16-bit / 32-bit grey to 8-bit grey, scaling the full range (Pillow's convert would clip)."""
-    values = np.asarray(image, dtype=np.float64)
+    values = np.asarray(image).astype(np.float32)
     if image.mode == "F":
         lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
         scaled = (values - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(values)

@@ -224,3 +224,24 @@ def test_mutated_real_images(fmt, cut, edits):
     for position, value in edits:
         data[position % len(data)] = value
     _assert_rgb_or_refused(bytes(data[: max(1, len(data) - cut % len(data))]))
+
+
+def test_concurrent_loads_leave_warning_filters_alone():
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = list(warnings.filters)
+    payloads = [encode(split_red_blue(), fmt) for fmt in ("PNG", "JPEG", "BMP", "GIF")] * 4
+    payloads += [png_header_only(20_000, 20_000)] * 4
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda data: _load_or_error(data), payloads))
+    assert all(close(r.getpixel((5, 5)), RED) for r in results[:16])
+    assert all(isinstance(r, MMChatError) for r in results[16:])
+    assert warnings.filters == before
+
+
+def _load_or_error(data):
+    try:
+        return load_image(data)
+    except MMChatError as exc:
+        return exc
