@@ -176,6 +176,9 @@ class TransformersClipBackend:
         """Fetched OpenAI weights when present, else the seeded random init."""
         if download.is_fetched(spec.name):
             return cls.from_pretrained(download.hub_dir(spec.name), name=spec.name, batch_size=batch_size)
+        if download.hub_dir(spec.name).exists():
+            log.warning("%s: the fetched files are incomplete or damaged; using the random init "
+                        "(run `mmchat models fetch %s` again)", spec.name, spec.name)
         return cls.random_init(spec, batch_size=batch_size)
 
     @classmethod

@@ -7,7 +7,6 @@ sentence-transformers' Transformer → Pooling(mean) → Normalize pipeline for 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,8 +15,6 @@ import torch
 
 from mmchat import registry
 from mmchat.errors import MMChatError
-
-log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "minilm-l6"
 MAX_TOKENS = 256  # per text; longer texts are truncated (the model's max_seq_length)
