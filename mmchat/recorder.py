@@ -57,7 +57,7 @@ class InputDevice:
     is_default: bool
 
 
-def _sounddevice():
+def load_sounddevice():
     """The sounddevice module, or MMChatError saying what is missing."""
     try:
         import sounddevice
@@ -72,7 +72,7 @@ def _sounddevice():
 
 def input_devices() -> list[InputDevice]:
     """Every microphone PortAudio knows, default first; MMChatError without PortAudio."""
-    sd = _sounddevice()
+    sd = load_sounddevice()
     try:
         devices = sd.query_devices()
         default_index = sd.default.device[0]
@@ -86,7 +86,7 @@ def input_devices() -> list[InputDevice]:
 
 def sounddevice_stream(**kwargs: Any) -> InputStream:
     """The default stream factory: a real ``sounddevice.InputStream``."""
-    sd = _sounddevice()
+    sd = load_sounddevice()
     return sd.InputStream(**kwargs)
 
 

@@ -49,7 +49,7 @@ class Settings:
     max_new_tokens: int = 512
     temperature: float = 0.7
     top_p: float = 0.9
-    top_k: int = 50
+    top_k: int = 40
     repetition_penalty: float = 1.1
     seed: int | None = None  # None: a new random seed per reply
     # Fusion per modality: media reach the LLM as embedded tokens (on) or as words (off).

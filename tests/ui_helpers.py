@@ -1,0 +1,79 @@
+"""Fixtures and helpers shared by the test_ui_* files (imported by them; not a test module).
+
+Fast tests drive the real window with :class:`mmchat_ui.demo.DemoEngine` (a scripted LLM that
+streams word by word and honours Stop per token); the ``slow`` tests use the real models.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QPoint, Qt
+from PySide6.QtWidgets import QApplication
+
+from mmchat.settings import Settings
+from mmchat.store import ConversationStore
+from mmchat_ui import theme
+from mmchat_ui.demo import DemoEngine, DemoLLM, demo_services
+from mmchat_ui.main_window import MainWindow
+
+WAIT_MS = 30_000  # generous: the first turn imports torch (~12 s here), and the CPU is shared
+
+
+@pytest.fixture
+def make_window(qtbot, data_dir):
+    """``make_window(engine=..., services=..., settings=..., store=...)`` -> a shown MainWindow."""
+    app = QApplication.instance()
+    manager = getattr(app, "_test_theme_manager", None)
+    if manager is None:
+        manager = app._test_theme_manager = theme.ThemeManager(app, "light")
+
+    def make(engine=None, *, services=None, settings=None, store=None, **service_options):
+        store = store or ConversationStore(data_dir / "mmchat.sqlite3")
+        services = services or demo_services(engine or DemoEngine(), **service_options)
+        window = MainWindow(store=store, settings=settings or Settings(), services=services,
+                            theme_manager=manager, save_settings=False)
+        qtbot.addWidget(window)
+        window.resize(1100, 760)
+        with qtbot.waitActive(window):  # shortcuts and focus need the active window
+            window.show()
+            window.activateWindow()
+        window.start_background_work()
+        return window
+
+    yield make
+    manager.apply("light")
+
+
+def type_and_send(qtbot, window, text: str) -> None:
+    window.composer.edit.setFocus()
+    qtbot.keyClicks(window.composer.edit, text)
+    qtbot.keyClick(window.composer.edit, Qt.Key.Key_Return)
+
+
+def wait_idle(qtbot, window, timeout: int = WAIT_MS) -> None:
+    qtbot.waitUntil(lambda: not window.controller.busy, timeout=timeout)
+
+
+def wait_reply(qtbot, window, timeout: int = WAIT_MS):
+    wait_idle(qtbot, window, timeout)
+    reply = window.chat.last_reply()
+    assert reply is not None
+    return reply
+
+
+def click(qtbot, widget) -> None:
+    qtbot.mouseClick(widget, Qt.MouseButton.LeftButton, pos=QPoint(widget.width() // 2, widget.height() // 2))
+
+
+def slow_llm(text: str, delay_s: float = 0.02) -> DemoLLM:
+    return DemoLLM(text, delay_s=delay_s)
+
+
+def words(n: int) -> str:
+    return " ".join(f"word{i}" for i in range(n))
+
+
+def tone(seconds: float, rate: int = 16_000, amplitude: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (amplitude * np.sin(2 * np.pi * 220 * t)).astype(np.float32)

@@ -1,0 +1,187 @@
+"""Start the desktop app: window first, models after.
+
+:func:`run` builds the window from settings and the conversation store (no model code is imported
+on this path), shows it, and only after its first paint starts loading models in the background.
+``run(screenshot=PATH)`` shows a demo conversation instead (no models; of the user's data only the
+theme setting is read), saves a PNG of the window and exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from PySide6.QtCore import QEvent, QObject, Qt, QtMsgType, QTimer, qInstallMessageHandler
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import QApplication, QMessageBox
+
+from mmchat import paths
+from mmchat import settings as settings_mod
+from mmchat.errors import MMChatError
+from mmchat.store import ConversationStore
+from mmchat_ui import icons, theme
+from mmchat_ui.main_window import MainWindow
+from mmchat_ui.services import default_services
+
+log = logging.getLogger(__name__)
+
+SCREENSHOT_SIZE = (1280, 960)  # logical px
+SCREENSHOT_SETTLE_MS = 400  # let layouts and the first scroll settle before grabbing
+LOG_FILE = "mmchat.log"
+LOG_MAX_BYTES = 1_000_000
+
+
+def seconds_since_launch() -> float | None:
+    """Wall time since this process started (Linux /proc), or None where that is not known."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class _FirstPaint(QObject):
+    """Calls ``then`` once, right after the window's first paint."""
+
+    def __init__(self, window, then) -> None:
+        super().__init__(window)
+        self._then = then
+        window.installEventFilter(self)
+
+    def eventFilter(self, watched, event) -> bool:
+        if event.type() == QEvent.Type.Paint:
+            watched.removeEventFilter(self)
+            QTimer.singleShot(0, self._then)
+        return False
+
+
+_QT_LEVELS = {QtMsgType.QtDebugMsg: logging.DEBUG, QtMsgType.QtInfoMsg: logging.INFO,
+              QtMsgType.QtWarningMsg: logging.WARNING, QtMsgType.QtCriticalMsg: logging.ERROR,
+              QtMsgType.QtFatalMsg: logging.CRITICAL}
+_QT_NOISE = ("propagateSizeHints",)  # the offscreen platform says this for every window
+
+
+def _qt_message(kind, _context, message: str) -> None:
+    """Qt's own messages go through logging (and the offscreen platform's chatter is dropped)."""
+    if any(noise in message for noise in _QT_NOISE):
+        return
+    logging.getLogger("qt").log(_QT_LEVELS.get(kind, logging.WARNING), "%s", message)
+
+
+def _application() -> QApplication:
+    qInstallMessageHandler(_qt_message)
+    QGuiApplication.setHighDpiScaleFactorRoundingPolicy(Qt.HighDpiScaleFactorRoundingPolicy.PassThrough)
+    app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "mmchat"])
+    app.setApplicationName("mmchat")
+    app.setApplicationDisplayName("mmchat")
+    app.setDesktopFileName("mmchat")
+    font = app.font()
+    font.setPointSizeF(theme.UI_FONT_PT)
+    app.setFont(font)
+    return app
+
+
+def _log_to_file() -> Path | None:
+    from logging.handlers import RotatingFileHandler
+
+    try:
+        path = paths.data_dir() / LOG_FILE
+        handler = RotatingFileHandler(path, maxBytes=LOG_MAX_BYTES, backupCount=1, encoding="utf-8")
+    except OSError:
+        return None
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return path
+
+
+def _install_crash_handler(window: MainWindow, log_path: Path | None) -> None:
+    """A bug on the GUI thread is logged in full and reported in the window; the app carries on."""
+    previous = sys.excepthook
+
+    def handler(kind, value, tb) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            previous(kind, value, tb)
+            return
+        log.critical("unhandled error", exc_info=(kind, value, tb))
+        where = f" (details in {log_path})" if log_path else ""
+        try:
+            window.show_notice(f"Something went wrong: {kind.__name__}: {value}. This is a bug{where}.")
+        except RuntimeError:  # the window is gone
+            pass
+
+    sys.excepthook = handler
+
+
+def run(*, screenshot: Path | None = None) -> int:
+    app = _application()
+    if screenshot is not None:
+        return _screenshot(app, Path(screenshot))
+    loaded = settings_mod.load()
+    manager = theme.ThemeManager(app, loaded.settings.theme)
+    app.setWindowIcon(icons.icon("sparkle", theme.current().accent))
+    log_path = _log_to_file()
+    try:
+        store = ConversationStore(loaded.settings.database_path())
+    except MMChatError as exc:
+        QMessageBox.critical(None, "mmchat", f"The conversation database could not be opened.\n\n{exc}")
+        return 1
+    window = MainWindow(store=store, settings=loaded.settings, services=default_services(), theme_manager=manager)
+    _install_crash_handler(window, log_path)
+
+    def painted() -> None:
+        elapsed = seconds_since_launch()
+        if elapsed is not None:
+            log.info("first window painted %.2f s after launch", elapsed)
+        window.start_background_work()
+
+    _FirstPaint(window, painted)
+    window.show()
+    for notice in (store.notice, loaded.notice):
+        if notice:
+            window.show_notice(notice)
+    return app.exec()
+
+
+def _screenshot(app: QApplication, path: Path) -> int:
+    """The window with a demo conversation, rendered to ``path``; nothing touches the user's data."""
+    from mmchat_ui.demo import demo_services, fill_demo_store
+
+    loaded = settings_mod.load()  # only for the theme
+    manager = theme.ThemeManager(app, loaded.settings.theme)
+    store = ConversationStore(":memory:")
+    shown = fill_demo_store(store)
+    window = MainWindow(store=store, settings=loaded.settings, services=demo_services(), theme_manager=manager,
+                        save_settings=False)
+    window.resize(*SCREENSHOT_SIZE)
+    window.sidebar.refresh()
+    window.open_conversation(shown)
+    window.show()
+    window.start_background_work()
+    result = {"code": 1}
+
+    def grab() -> None:
+        window.chat.scroll_to_bottom()
+        image = window.grab()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if image.save(str(path)):
+            result["code"] = 0
+            log.info("screenshot saved to %s (%dx%d)", path, image.width(), image.height())
+        else:
+            print(f"mmchat: could not write the screenshot to {path}", file=sys.stderr)
+        window.close()
+        app.quit()
+
+    QTimer.singleShot(SCREENSHOT_SETTLE_MS, grab)
+    app.exec()
+    return result["code"]
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    sys.exit(run())

@@ -1,0 +1,155 @@
+"""Runs chat turns off the GUI thread and reports their events back as queued signals.
+
+One :class:`ChatRef` per conversation the window has shown (or a new / temporary chat), holding
+its :class:`mmchat.chat.ChatSession` once one was needed. Sessions are built in the worker, because
+``mmchat.chat`` imports torch and that must not happen on the GUI thread. One turn runs at a time
+(there is one LLM); :meth:`ChatController.stop` sets the event the generator checks per token.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from PySide6.QtCore import QObject, Signal
+
+from mmchat_ui.workers import QUEUED, Task, TaskRunner
+
+log = logging.getLogger(__name__)
+
+_new_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class ChatRef:
+    """A conversation as the window knows it; ``conversation_id`` is None until its first message
+    is stored (a new chat) and stays None for a temporary chat."""
+
+    conversation_id: int | None = None
+    temporary: bool = False
+    session: object | None = None  # ChatSession, touched only by the worker running a turn
+    signature: tuple = ()  # what the session was built with (engine, fusion settings)
+    serial: int = field(default_factory=lambda: next(_new_ids))
+
+
+@dataclass(eq=False)
+class Job:
+    ref: ChatRef
+    kind: str  # "send" | "regenerate" | "edit"
+    draft: object | None = None  # composer Draft for "send" (restored if nothing was stored)
+    edit_id: int | None = None
+    user_stored: bool = False
+    task: Task | None = None
+
+
+class ChatController(QObject):
+    event = Signal(object, object)  # Job, ChatEvent
+    failed = Signal(object, str)  # Job, message (expected trouble, or a bug's short description)
+    finished = Signal(object)  # Job
+    busy_changed = Signal(bool)
+
+    def __init__(self, runner: TaskRunner, *, engine: Callable[[], object], store: Callable[[], object],
+                 settings: Callable[[], object], parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.runner = runner
+        self._engine = engine
+        self._store = store
+        self._settings = settings
+        self.current = ChatRef()
+        self._refs: dict[int, ChatRef] = {}
+        self.job: Job | None = None
+
+    # -- which conversation ----------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return self.job is not None
+
+    def open(self, conversation_id: int) -> ChatRef:
+        self.current = self._refs.setdefault(conversation_id, ChatRef(conversation_id))
+        return self.current
+
+    def new_chat(self, *, temporary: bool = False) -> ChatRef:
+        self.current = ChatRef(temporary=temporary)
+        return self.current
+
+    def forget(self, conversation_id: int) -> None:
+        """The conversation was deleted (or the store replaced): drop its session."""
+        self._refs.pop(conversation_id, None)
+
+    def forget_all(self) -> None:
+        self._refs.clear()
+        if not self.current.temporary:
+            self.current = ChatRef()
+
+    # -- turns -----------------------------------------------------------------------------------
+    def send(self, draft) -> Job | None:
+        images = [p.image for p in draft.images]
+        return self._run(Job(self.current, "send", draft=draft), lambda session, stop: session.send(
+            draft.text, images=images, audio=draft.audio, transcript=draft.transcript, stop=stop))
+
+    def regenerate(self) -> Job | None:
+        return self._run(Job(self.current, "regenerate"), lambda session, stop: session.regenerate(stop=stop))
+
+    def edit(self, message_id: int, text: str) -> Job | None:
+        return self._run(Job(self.current, "edit", edit_id=message_id),
+                         lambda session, stop: session.edit_and_resend(message_id, text, stop=stop))
+
+    def stop(self) -> None:
+        if self.job is not None and self.job.task is not None:
+            self.job.task.stop.set()
+
+    def _run(self, job: Job, turn: Callable[[object, object], Iterator]) -> Job | None:
+        if self.job is not None:
+            return None
+        engine, store, settings = self._engine(), self._store(), self._settings()
+        ref = job.ref
+
+        def work(emit, stop):
+            session = _session_for(ref, engine=engine, store=store, settings=settings)
+            for event in turn(session, stop):
+                emit(event)
+
+        job.task = Task(f"chat-{job.kind}", work)
+        job.task.signals.crashed.connect(lambda _tb: self.failed.emit(
+            job, "Something went wrong while answering (a bug; the details are in the log)."), QUEUED)
+        self.job = job
+        self.busy_changed.emit(True)
+        self.runner.start(job.task, progress=lambda event: self._on_event(job, event),
+                          failed=lambda text: self.failed.emit(job, text),
+                          finished=lambda: self._on_finished(job))
+        return job
+
+    def _on_event(self, job: Job, event) -> None:
+        if event.kind == "user":
+            job.user_stored = True
+            message = event.message
+            if message is not None and job.ref.conversation_id is None and not job.ref.temporary:
+                job.ref.conversation_id = message.conversation_id
+                self._refs[message.conversation_id] = job.ref
+        self.event.emit(job, event)
+
+    def _on_finished(self, job: Job) -> None:
+        if self.job is job:
+            self.job = None
+        self.finished.emit(job)
+        self.busy_changed.emit(False)
+
+
+def _session_for(ref: ChatRef, *, engine, store, settings):
+    """The ref's ChatSession, (re)built when the engine or fusion settings changed. Worker thread."""
+    from mmchat.chat import ChatSession
+    from mmchat.media import media_encoder
+
+    signature = (id(engine), settings.fusion_image, settings.fusion_audio)
+    if ref.session is None or ref.signature != signature:
+        # A temporary chat keeps its in-memory store across rebuilds; None makes a new one.
+        chat_store = ref.session.store if (ref.temporary and ref.session is not None) else (
+            None if ref.temporary else store)
+        conversation_id = ref.session.conversation_id if ref.session is not None else ref.conversation_id
+        media = media_encoder(engine, image=settings.fusion_image, audio=settings.fusion_audio)
+        ref.session = ChatSession(engine, chat_store, conversation_id, media=media)
+        ref.signature = signature
+    ref.session.generation = settings.generation_config()
+    return ref.session

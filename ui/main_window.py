@@ -1,0 +1,630 @@
+"""The main window: sidebar, chat, composer and status bar, wired to the controllers.
+
+The window owns the :class:`TaskRunner`; every model call runs there (see :mod:`mmchat_ui.workers`).
+Building the window imports no model code, so it can be on screen before anything loads;
+:meth:`MainWindow.start_background_work` then loads the models and probes microphone and speakers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+from PySide6.QtCore import QEvent, QObject, QSize, Qt, QTimer, Signal
+from PySide6.QtGui import QGuiApplication, QImage, QKeySequence, QShortcut
+from PySide6.QtWidgets import (QApplication, QFrame, QHBoxLayout, QLabel, QMainWindow, QMessageBox,
+                               QSplitter, QToolButton, QVBoxLayout, QWidget)
+
+from mmchat import settings as settings_mod
+from mmchat.errors import MMChatError
+from mmchat.settings import Settings
+from mmchat.store import ConversationStore
+from mmchat_ui import icons, theme
+from mmchat_ui.chat_controller import ChatController, Job
+from mmchat_ui.chat_view import AssistantMessage, ChatView, PromptEdit
+from mmchat_ui.composer import Composer, Draft
+from mmchat_ui.conversation_list import ConversationList
+from mmchat_ui.help_dialog import HelpDialog
+from mmchat_ui.media_widgets import ImageViewer
+from mmchat_ui.read_aloud import ReadAloud
+from mmchat_ui.services import Services
+from mmchat_ui.status_bar import ModelStatusBar
+from mmchat_ui.voice import HOLD_TO_TALK_KEY, VoiceController
+from mmchat_ui.workers import QUEUED, Task, TaskRunner
+
+log = logging.getLogger(__name__)
+
+RENDER_INTERVAL_MS = 40  # streamed tokens are drawn at most this often
+SIDEBAR_WIDTH = 270  # px
+COMPOSER_MAX_WIDTH = 800  # px, matches the conversation column
+MODEL_ROLES = (("llm", "llm"), ("asr", "whisper"), ("image", "image_encoder"))  # slot, Engine attribute
+
+
+class _EngineBridge(QObject):
+    """Carries engine status callbacks (from any thread) to the GUI thread."""
+
+    status = Signal(object, object)  # engine, SlotStatus
+
+
+class Banner(QFrame):
+    """A dismissable message above the conversation (a moved-aside database, a crash report)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("banner")
+        row = QHBoxLayout(self)
+        row.setContentsMargins(12, 6, 6, 6)
+        self.label = QLabel()
+        self.label.setWordWrap(True)
+        self.label.setTextFormat(Qt.TextFormat.PlainText)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        close = QToolButton()
+        close.setIcon(icons.icon("close", theme.current().muted))
+        close.setToolTip("Dismiss")
+        close.clicked.connect(self.hide)
+        row.addWidget(self.label, 1)
+        row.addWidget(close, 0, Qt.AlignmentFlag.AlignTop)
+        self.hide()
+
+    def show_text(self, text: str) -> None:
+        self.label.setText(text)
+        self.show()
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, *, store: ConversationStore, settings: Settings, services: Services,
+                 theme_manager: theme.ThemeManager | None = None, save_settings: bool = True) -> None:
+        super().__init__()
+        self.setWindowTitle("mmchat")
+        self.setAcceptDrops(True)
+        self.store = store
+        self.settings = settings
+        self.services = services
+        self.theme_manager = theme_manager
+        self.save_settings = save_settings
+        self._closing = False
+        self.runner = TaskRunner(self)
+        self.runner.crashed.connect(self._task_crashed)
+        self._bridge = _EngineBridge(self)
+        self._bridge.status.connect(self._engine_status, QUEUED)
+        self.engine = None
+        self._reply: AssistantMessage | None = None
+        self._reply_text = ""
+        self._render_timer = QTimer(self, singleShot=True, interval=RENDER_INTERVAL_MS)
+        self._render_timer.timeout.connect(self._render_reply)
+
+        self._build()
+        self.controller = ChatController(self.runner, engine=lambda: self.engine, store=lambda: self.store,
+                                         settings=lambda: self.settings, parent=self)
+        self.controller.event.connect(self._on_chat_event)
+        self.controller.failed.connect(self._on_chat_failed)
+        self.controller.finished.connect(self._on_chat_finished)
+        self.controller.busy_changed.connect(self._on_busy)
+        self.voice = VoiceController(
+            self.composer, self.runner, make_recorder=lambda: self.services.make_recorder(self.settings),
+            transcribe=lambda audio: self.engine.whisper.transcribe(audio),
+            send_at_once=lambda: self.settings.voice_send_at_once,
+            max_seconds=lambda: float(self.settings.max_recording_s), parent=self)
+        self.voice.transcribed.connect(self.composer.set_voice_clip)
+        self.voice.send_clip.connect(lambda audio: self.send(Draft(audio=audio)))
+        self.voice.message.connect(self.composer.show_error)
+        self.read_aloud = ReadAloud(self.runner, make_speaker=self.services.make_speaker,
+                                    make_output=self.services.make_output, parent=self)
+        self.read_aloud.message.connect(self.show_status_message)
+        self.read_aloud.speaking_changed.connect(self._on_speaking)
+        self._shortcuts()
+        if theme_manager is not None:
+            theme_manager.changed.connect(self.apply_theme)
+        QApplication.instance().installEventFilter(self)
+        self._set_engine(services.make_engine(settings))
+        self.new_chat(temporary=settings.temporary_by_default)
+        self.resize(1180, 780)
+
+    # -- layout ----------------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.sidebar = ConversationList(self.store)
+        self.sidebar.setMinimumWidth(200)
+        self.sidebar.conversation_selected.connect(self.open_conversation)
+        self.sidebar.new_chat_requested.connect(lambda: self.new_chat())
+        self.sidebar.settings_requested.connect(self.open_settings)
+        self.sidebar.help_requested.connect(self.show_help)
+        self.sidebar.conversation_deleted.connect(self._conversation_deleted)
+        self.sidebar.conversation_restored.connect(lambda _id: None)
+
+        pane = QWidget(objectName="chatPane")
+        column = QVBoxLayout(pane)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(0)
+        header = QFrame(objectName="chatHeader")
+        header_row = QHBoxLayout(header)
+        header_row.setContentsMargins(18, 8, 12, 8)
+        self.title = QLabel("New chat", objectName="chatTitle")
+        self.title.setTextFormat(Qt.TextFormat.PlainText)
+        self.model_label = QLabel(objectName="messageMeta")
+        self.temporary_button = self._header_button("eye-off", "Temporary chat: nothing is stored (Ctrl+Shift+N)")
+        self.temporary_button.setCheckable(True)
+        self.temporary_button.clicked.connect(lambda checked: self.new_chat(temporary=checked))
+        self.speak_button = self._header_button("volume-off", "Read replies aloud")
+        self.speak_button.setCheckable(True)
+        self.speak_button.setChecked(self.settings.read_aloud)
+        self.speak_button.toggled.connect(self._toggle_read_aloud)
+        header_row.addWidget(self.title)
+        header_row.addSpacing(8)
+        header_row.addWidget(self.model_label)
+        header_row.addStretch(1)
+        header_row.addWidget(self.speak_button)
+        header_row.addWidget(self.temporary_button)
+        column.addWidget(header)
+
+        self.banner = Banner()
+        banner_row = QHBoxLayout()
+        banner_row.setContentsMargins(24, 8, 24, 0)
+        banner_row.addWidget(self.banner)
+        column.addLayout(banner_row)
+
+        self.chat = ChatView()
+        self.chat.edit_submitted.connect(self.edit_message)
+        self.chat.regenerate_requested.connect(self.regenerate)
+        self.chat.read_aloud_requested.connect(self.speak)
+        self.chat.image_clicked.connect(self.show_image)
+        self.chat.suggestion_chosen.connect(self._use_suggestion)
+        column.addWidget(self.chat, 1)
+
+        self.composer = Composer(self.runner)
+        self.composer.setMaximumWidth(COMPOSER_MAX_WIDTH)
+        self.composer.submitted.connect(self.send)
+        self.composer.stop_requested.connect(self.stop)
+        self.composer.image_clicked.connect(self.show_image)
+        composer_row = QHBoxLayout()
+        composer_row.setContentsMargins(24, 4, 24, 4)
+        composer_row.addWidget(self.composer)
+        column.addLayout(composer_row)
+        self.footnote = QLabel("mmchat runs offline on this computer. Replies can be wrong.", objectName="noticeLabel")
+        self.footnote.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        column.addWidget(self.footnote)
+        column.addSpacing(6)
+
+        splitter = QSplitter()
+        splitter.setHandleWidth(1)
+        splitter.addWidget(self.sidebar)
+        splitter.addWidget(pane)
+        splitter.setStretchFactor(1, 1)
+        splitter.setSizes([SIDEBAR_WIDTH, 900])
+        splitter.setCollapsible(1, False)
+        self.setCentralWidget(splitter)
+        self.status = ModelStatusBar()
+        self.setStatusBar(self.status)
+
+    def _header_button(self, name: str, tooltip: str) -> QToolButton:
+        button = QToolButton()
+        button.setIcon(icons.icon(name, theme.current().muted))
+        button.setIconSize(QSize(18, 18))
+        button.setToolTip(tooltip)
+        button.setProperty("icon_name", name)
+        button.setCursor(Qt.CursorShape.PointingHandCursor)
+        return button
+
+    def _shortcuts(self) -> None:
+        bindings = {
+            "Ctrl+N": lambda: self.new_chat(),
+            "Ctrl+Shift+N": lambda: self.new_chat(temporary=True),
+            "Ctrl+K": self._focus_search,
+            "Ctrl+F": self._focus_search,
+            "Ctrl+L": lambda: self.composer.edit.setFocus(),
+            "Ctrl+O": self.composer.choose_files,
+            "Ctrl+R": self.regenerate,
+            "Ctrl+Shift+C": self.copy_last_reply,
+            "Ctrl+Shift+S": self.speak_last_reply,
+            "Ctrl+Z": self.sidebar.undo_delete,
+            "Ctrl+,": self.open_settings,
+            "F1": self.show_help,
+            "Ctrl+/": self.show_help,
+            "Ctrl+Q": self.close,
+            "Ctrl+V": self.paste,
+            "Esc": self.escape,
+        }
+        self._shortcut_objects = []
+        for keys, slot in bindings.items():
+            shortcut = QShortcut(QKeySequence(keys), self)
+            shortcut.activated.connect(slot)
+            self._shortcut_objects.append(shortcut)
+
+    # -- engine ----------------------------------------------------------------------------------
+    def _set_engine(self, engine) -> None:
+        self.engine = engine
+        engine.add_status_callback(lambda status, e=engine: self._bridge.status.emit(e, status))
+        for status in engine.status().values():
+            self.status.update_status(status)
+        self.model_label.setText(engine.model_name("llm"))
+
+    def _engine_status(self, engine, status) -> None:
+        if engine is self.engine:
+            self.status.update_status(status)
+
+    def start_background_work(self) -> None:
+        """After the window shows: load the models and find out about microphone and speakers."""
+        if self.services.load_models:
+            self.load_models()
+        self.probe_audio()
+
+    def load_models(self) -> None:
+        engine = self.engine
+
+        def work(emit, stop):
+            for _role, attribute in MODEL_ROLES:
+                if stop.is_set():
+                    return
+                try:
+                    getattr(engine, attribute)
+                except Exception:  # shown in the status bar through the slot's status
+                    log.warning("loading %s failed", attribute, exc_info=True)
+
+        self.runner.start(Task("load-models", work))
+
+    def probe_audio(self) -> None:
+        settings = replace(self.settings)
+
+        def work(emit, stop):
+            return self.services.microphone(settings), self.services.audio_output()
+
+        def done(result) -> None:
+            mic, speakers = result
+            self.voice.set_available(mic.ok, mic.reason)
+            self.read_aloud.set_available(speakers.ok, speakers.reason)
+            self._update_speak_buttons()
+
+        self.runner.start(Task("probe-audio", work), succeeded=done)
+
+    # -- conversations ---------------------------------------------------------------------------
+    def new_chat(self, *, temporary: bool = False) -> None:
+        if self.controller.busy:
+            self.controller.stop()
+        self._reply = None
+        self.controller.new_chat(temporary=temporary)
+        self.sidebar.set_current(None)
+        self.chat.set_messages([], temporary=temporary)
+        self._update_header()
+        self.composer.edit.setFocus()
+
+    def open_conversation(self, conversation_id: int) -> None:
+        if self.store.get_conversation(conversation_id) is None:
+            self.sidebar.refresh()
+            return
+        self._reply = None
+        self.controller.open(conversation_id)
+        self.sidebar.set_current(conversation_id)
+        self.chat.set_messages(self.store.messages(conversation_id))
+        if self.controller.busy and self.controller.job.ref is self.controller.current:
+            self._reply = self.chat.begin_reply()  # still streaming into this one
+            self._reply.set_text(self._reply_text)
+        self.chat.set_busy(self.controller.busy)
+        self._update_header()
+
+    def _conversation_deleted(self, conversation_id: int) -> None:
+        if self.controller.current.conversation_id == conversation_id:
+            self.new_chat()
+        self.controller.forget(conversation_id)
+
+    def _update_header(self) -> None:
+        ref = self.controller.current
+        if ref.temporary:
+            title = "Temporary chat"
+        elif ref.conversation_id is not None:
+            conversation = self.store.get_conversation(ref.conversation_id)
+            title = conversation.title if conversation else "New chat"
+        else:
+            title = "New chat"
+        self.title.setText(title)
+        self.temporary_button.setChecked(ref.temporary)
+        self.chat.set_temporary(ref.temporary)
+
+    # -- sending and replies ---------------------------------------------------------------------
+    def send(self, draft: Draft) -> None:
+        if self.controller.busy or draft.empty:
+            return
+        self.read_aloud.stop()
+        self.composer.clear()
+        self.composer.hide_error()
+        self._reply_text = ""
+        self.controller.send(draft)
+
+    def regenerate(self) -> None:
+        last = self.chat.last_reply()
+        if self.controller.busy or last is None or last.streaming:
+            return
+        self.read_aloud.stop()
+        self.chat.remove(last)
+        self._start_reply()
+        self.controller.regenerate()
+
+    def edit_message(self, message_id: int, text: str) -> None:
+        if self.controller.busy:
+            return
+        self.read_aloud.stop()
+        self._reply_text = ""
+        self.controller.edit(message_id, text)
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    def _start_reply(self) -> None:
+        self._reply_text = ""
+        self._reply = self.chat.begin_reply()
+
+    def _on_chat_event(self, job: Job, event) -> None:
+        visible = job.ref is self.controller.current
+        if event.kind == "user":
+            self.sidebar.refresh()
+            if visible:
+                if job.kind == "edit":
+                    self.chat.truncate_from(job.edit_id)
+                self.chat.add_user(event.message)
+                self._start_reply()
+                self.sidebar.set_current(job.ref.conversation_id)
+                self._update_header()
+        elif event.kind == "notice" and visible:
+            self.chat.add_notice(event.text, before=self._reply)
+        elif event.kind == "token":
+            self._reply_text += event.text
+            if not self._render_timer.isActive():
+                self._render_timer.start()
+        elif event.kind == "done":
+            self._reply_text = event.text
+            self._render_timer.stop()
+            if visible and self._reply is not None:
+                self.chat.finish_reply(self._reply, event.message, text=event.text)
+            self._reply = None
+            message = event.message
+            if self.settings.read_aloud and message is not None and message.status == "complete" and event.text:
+                self.speak(event.text)
+
+    def _render_reply(self) -> None:
+        if self._reply is not None and self.controller.job is not None \
+                and self.controller.job.ref is self.controller.current:
+            self._reply.set_text(self._reply_text)
+
+    def _on_chat_failed(self, job: Job, text: str) -> None:
+        visible = job.ref is self.controller.current
+        if job.kind == "send" and not job.user_stored and job.draft is not None:
+            self.composer.restore(job.draft)
+            self.composer.show_error(text)
+            if self._reply is not None:
+                self.chat.remove(self._reply)
+                self._reply = None
+            return
+        if visible and self._reply is not None:
+            self.chat.finish_reply(self._reply, None, text=self._reply_text, error=text)
+            self._reply = None
+        elif visible:
+            self.chat.add_notice(text, error=True)
+        else:
+            self.show_status_message(text)
+
+    def _on_chat_finished(self, job: Job) -> None:
+        self._render_timer.stop()
+        if self._reply is not None and job.ref is self.controller.current:
+            # Ended without "done" (an error was already shown, or the task stopped early).
+            self.chat.finish_reply(self._reply, None, text=self._reply_text)
+            self._reply = None
+        self.sidebar.refresh()
+        self._update_header()
+
+    def _on_busy(self, busy: bool) -> None:
+        self.composer.set_busy(busy)
+        self.chat.set_busy(busy)
+
+    def _use_suggestion(self, text: str) -> None:
+        self.composer.set_text(text)
+        self.composer.edit.setFocus()
+
+    # -- read aloud ------------------------------------------------------------------------------
+    def speak(self, text: str) -> None:
+        if self.read_aloud.speaking:
+            self.read_aloud.stop()
+            return
+        self.read_aloud.speak(text)
+
+    def speak_last_reply(self) -> None:
+        last = self.chat.last_reply()
+        if last is not None and last.text:
+            self.speak(last.text)
+
+    def _toggle_read_aloud(self, on: bool) -> None:
+        self.speak_button.setProperty("icon_name", "volume" if on else "volume-off")
+        self.speak_button.setIcon(icons.icon("volume" if on else "volume-off",
+                                             theme.current().accent if on else theme.current().muted))
+        if on != self.settings.read_aloud:
+            self._apply_settings(replace(self.settings, read_aloud=on))
+        if not on:
+            self.read_aloud.stop()
+
+    def _on_speaking(self, speaking: bool) -> None:
+        self.show_status_message("Reading aloud… (Esc stops)" if speaking else "", 0 if speaking else 1)
+
+    def _update_speak_buttons(self) -> None:
+        available = self.read_aloud.available
+        reason = "" if available else f"Read-aloud is off: {self.read_aloud.reason}"
+        self.speak_button.setEnabled(available)
+        self.speak_button.setToolTip("Read replies aloud" if available else reason)
+
+    # -- keyboard and clipboard ------------------------------------------------------------------
+    def escape(self) -> None:
+        focus = QApplication.focusWidget()
+        if isinstance(focus, PromptEdit) and focus.objectName() == "editBox":
+            focus.cancelled.emit()
+        elif self.voice.cancel():
+            pass
+        elif self.controller.busy:
+            self.controller.stop()
+        elif self.read_aloud.stop():
+            pass
+        else:
+            self.composer.hide_error()
+
+    def paste(self) -> None:
+        mime = QGuiApplication.clipboard().mimeData()
+        if mime is None:
+            return
+        if not self.composer.add_from_mime(mime) and mime.hasText():
+            self.composer.edit.insertPlainText(mime.text())
+        self.composer.edit.setFocus()
+
+    def copy_last_reply(self) -> None:
+        last = self.chat.last_reply()
+        if last is not None and last.text:
+            QGuiApplication.clipboard().setText(last.text)
+            self.show_status_message("Reply copied", 2000)
+
+    def _focus_search(self) -> None:
+        self.sidebar.search.setFocus()
+        self.sidebar.search.selectAll()
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        kind = event.type()
+        if kind in (QEvent.Type.KeyPress, QEvent.Type.KeyRelease) and event.key() == HOLD_TO_TALK_KEY \
+                and self.isActiveWindow():
+            if not event.isAutoRepeat():
+                if kind == QEvent.Type.KeyPress:
+                    self.voice.press()
+                else:
+                    self.voice.release()
+            return True
+        return False
+
+    # -- drag and drop anywhere on the window ----------------------------------------------------
+    def dragEnterEvent(self, event) -> None:
+        from mmchat_ui.composer import media_from_mime
+
+        paths, images = media_from_mime(event.mimeData())
+        if paths or images:
+            self.composer.set_dragging(True)
+            event.acceptProposedAction()
+
+    def dragLeaveEvent(self, event) -> None:
+        self.composer.set_dragging(False)
+
+    def dropEvent(self, event) -> None:
+        self.composer.set_dragging(False)
+        if self.composer.add_from_mime(event.mimeData()):
+            event.acceptProposedAction()
+
+    # -- dialogs ---------------------------------------------------------------------------------
+    def show_image(self, image: QImage) -> None:
+        viewer = ImageViewer(image, self)
+        viewer.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        viewer.show()
+        self._viewer = viewer
+
+    def show_help(self) -> None:
+        dialog = HelpDialog(self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.show()
+        self._help = dialog
+
+    def open_settings(self) -> None:
+        from mmchat_ui.settings_dialog import SettingsDialog
+
+        dialog = SettingsDialog(self.settings, services=self.services, runner=self.runner,
+                                data_folder=self.settings.database_path().parent, parent=self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.settings_accepted.connect(self._apply_settings)
+        dialog.wipe_requested.connect(self.wipe_all_data)
+        dialog.show()
+        self._settings_dialog = dialog
+
+    def _apply_settings(self, new: Settings) -> None:
+        old, self.settings = self.settings, new
+        if self.save_settings:
+            try:
+                settings_mod.save(new)
+            except MMChatError as exc:
+                self.banner.show_text(str(exc))
+        if new.theme != old.theme and self.theme_manager is not None:
+            self.theme_manager.apply(new.theme)
+        if (new.llm, new.asr, new.image_encoder) != (old.llm, old.asr, old.image_encoder):
+            self._set_engine(self.services.make_engine(new))
+            if self.services.load_models:
+                self.load_models()
+        if (new.input_device, new.max_recording_s) != (old.input_device, old.max_recording_s):
+            self.probe_audio()
+        if new.database_path() != old.database_path():
+            self._open_store(new.database_path())
+        if new.read_aloud != self.speak_button.isChecked():
+            self.speak_button.setChecked(new.read_aloud)
+
+    def _open_store(self, path: Path) -> None:
+        try:
+            store = ConversationStore(path)
+        except MMChatError as exc:
+            self.banner.show_text(f"Could not open the data folder {path.parent}: {exc}")
+            return
+        self.controller.stop()
+        old, self.store = self.store, store
+        self.sidebar.set_store(store)
+        self.controller.forget_all()
+        self.new_chat()
+        if store.notice:
+            self.banner.show_text(store.notice)
+        if not self.controller.busy:  # a reply still running keeps the old store until it ends
+            old.close()
+
+    def wipe_all_data(self) -> None:
+        """Delete every conversation and its attachments for good (the settings stay)."""
+        if self.controller.busy:
+            self.show_status_message("Stop the reply first, then wipe the data.")
+            return
+        path = self.store.db.path
+        self.store.close()
+        if path is not None:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+        self.store = ConversationStore(path if path is not None else ":memory:")
+        self.sidebar.set_store(self.store)
+        self.controller.forget_all()
+        self.new_chat()
+        self.show_status_message("All conversations were deleted.", 5000)
+
+    # -- messages, errors ------------------------------------------------------------------------
+    def show_status_message(self, text: str, timeout_ms: int = 6000) -> None:
+        if text:
+            self.status.showMessage(text, timeout_ms)
+        else:
+            self.status.clearMessage()
+
+    def _task_crashed(self, name: str, _traceback: str) -> None:
+        if not name.startswith("chat-"):  # chat turns report their own failure in the conversation
+            self.banner.show_text(f"Something went wrong ({name}); this is a bug and the details are in the log.")
+
+    def show_notice(self, text: str) -> None:
+        self.banner.show_text(text)
+
+    # -- theme -----------------------------------------------------------------------------------
+    def apply_theme(self, t: theme.Theme) -> None:
+        for button in (self.temporary_button,):
+            button.setIcon(icons.icon(button.property("icon_name"), t.muted))
+        self._toggle_read_aloud(self.speak_button.isChecked())
+        self.sidebar.apply_theme(t)
+        self.chat.apply_theme(t)
+        self.composer.apply_theme(t)
+        self.status.apply_theme(t)
+
+    # -- shutdown --------------------------------------------------------------------------------
+    def closeEvent(self, event) -> None:
+        if not self._closing:
+            self._closing = True
+            QApplication.instance().removeEventFilter(self)
+            if self.theme_manager is not None:
+                self.theme_manager.changed.disconnect(self.apply_theme)
+            self.voice.shutdown()
+            self.read_aloud.stop()
+            self.controller.stop()
+            self.hide()
+            self.runner.shutdown()
+            self.controller.blockSignals(True)  # results still queued for a window that is gone
+            try:
+                self.store.purge_deleted()
+            except Exception:
+                log.warning("could not purge deleted conversations", exc_info=True)
+            self.store.close()
+        event.accept()
