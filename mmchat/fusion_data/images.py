@@ -70,8 +70,8 @@ OFFSET_MIN_PX = 40
 ACROSS_MAX_PX = 20
 # Several shapes: one per region at fixed anchors, small enough never to overlap.
 MULTI_ANCHOR_OFFSET_PX = 60
-MULTI_EXTENT_PX = (20, 26)
-MULTI_JITTER_PX = 4
+MULTI_EXTENT_PX = (20, 25)
+MULTI_JITTER_PX = 3
 
 QUESTIONS = {
     "colour": ("What colour is the shape?", "What color is the shape?",
@@ -353,13 +353,19 @@ def questions(scene: Scene, rng: np.random.Generator, *, config: ImageConfig) ->
         if rng.random() < config.single_count_question:
             qa.append(QA(q=ask("count"), a="one", kind="count"))
         return qa
+    # At most one question of each kind, so single shapes dominate colour and shape questions.
+    candidates = {
+        "colour": [QA(q=f"What colour is the {s.shape}?", a=s.colour, kind="colour")
+                   for s in shapes if sum(o.shape == s.shape for o in shapes) == 1],
+        "shape": [QA(q=f"What shape is the {s.colour} one?", a=s.shape, kind="shape")
+                  for s in shapes if sum(o.colour == s.colour for o in shapes) == 1],
+        "position": [QA(q=f"Where is the {s.colour} {s.shape}?", a=s.position, kind="position")
+                     for s in shapes],
+    }
     qa = [QA(q=ask("count"), a=NUMBER_WORDS[len(shapes)], kind="count")]
-    for s in shapes:
-        if sum(o.shape == s.shape for o in shapes) == 1:
-            qa.append(QA(q=f"What colour is the {s.shape}?", a=s.colour, kind="colour"))
-        if sum(o.colour == s.colour for o in shapes) == 1:
-            qa.append(QA(q=f"What shape is the {s.colour} one?", a=s.shape, kind="shape"))
-        qa.append(QA(q=f"Where is the {s.colour} {s.shape}?", a=s.position, kind="position"))
+    for options in candidates.values():
+        if options:
+            qa.append(options[int(rng.integers(len(options)))])
     return qa
 
 

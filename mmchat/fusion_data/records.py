@@ -62,7 +62,7 @@ class Sample:
     qa: tuple[QA, ...] = ()
     caption: str | None = None
     transcript: str | None = None
-    meta: dict = field(default_factory=dict, compare=False, hash=False)
+    meta: dict = field(default_factory=dict, hash=False)
 
     @property
     def text(self) -> str | None:
