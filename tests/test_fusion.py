@@ -60,7 +60,7 @@ def test_save_load_round_trip_and_refusals(tmp_path):
 
     loaded = fusion.load(tmp_path, llm="toy-llm", hidden_size=32, image_fingerprint="img" * 10, audio_fingerprint="aud" * 10)
     x = torch.randn(1, 49, 24)
-    assert torch.allclose(loaded.image_tokens(x), f.image_tokens(x))
+    assert torch.allclose(loaded.image_tokens(x), f.image_tokens(x), atol=2e-3)  # saved as fp16
 
     with pytest.raises(FusionMismatch, match="trained for the LLM toy-llm"):
         fusion.load(tmp_path, llm="other-llm", hidden_size=32)
