@@ -85,6 +85,36 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true")
     doctor.set_defaults(func=_cmd_doctor)
 
+    data = sub.add_parser("make-fusion-data", help="generate procedural image/speech training data")
+    data.add_argument("--out", type=Path, required=True, metavar="DIR")
+    data.add_argument("--images", type=int, default=2000)
+    data.add_argument("--speech", type=int, default=600)
+    data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--split", choices=("train", "heldout"), default="train")
+    data.set_defaults(func=_cmd_make_fusion_data)
+
+    train = sub.add_parser("train-fusion", help="train the image/audio fusion projectors for an LLM")
+    train.add_argument("--model", metavar="NAME", help="LLM to train for (default: the default LLM)")
+    train.add_argument("--data", type=Path, metavar="DIR", help="your own samples.jsonl dataset (default: generated)")
+    train.add_argument("--heldout", type=Path, metavar="DIR", help="held-out dataset for the evaluation")
+    train.add_argument("--out", type=Path, metavar="DIR", help="checkpoint folder (default: your data folder)")
+    train.add_argument("--steps", type=int, default=TRAIN_DEFAULTS.steps)
+    train.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS.batch_size)
+    train.add_argument("--lr", type=float, default=TRAIN_DEFAULTS.lr)
+    train.add_argument("--seed", type=int, default=TRAIN_DEFAULTS.seed)
+    train.add_argument("--images", type=int, default=2000, help="generated training images")
+    train.add_argument("--speech", type=int, default=600, help="generated training clips")
+    train.add_argument("--no-resume", action="store_true", help="start afresh even if a saved state exists")
+    train.set_defaults(func=_cmd_train_fusion)
+
+    ev = sub.add_parser("eval-fusion", help="held-out loss/accuracy of a fusion checkpoint vs. controls")
+    ev.add_argument("--model", metavar="NAME")
+    ev.add_argument("--checkpoint", type=Path, metavar="DIR", help="default: the one the chat uses")
+    ev.add_argument("--data", type=Path, metavar="DIR", help="held-out dataset (default: generated)")
+    ev.add_argument("--limit", type=int, default=60, help="questions per kind for the accuracy")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=_cmd_eval_fusion)
+
     hist = sub.add_parser("history", help="list stored conversations, or print one")
     hist.add_argument("conversation", type=int, nargs="?", metavar="ID")
     hist.add_argument("--search", metavar="TEXT")
@@ -242,6 +272,76 @@ def _cmd_transcribe(args) -> int:
     if not result.speech:
         print("mmchat: no speech detected", file=sys.stderr)
     print(result.text)
+    return 0
+
+
+# -- fusion ------------------------------------------------------------------------------------------
+class _TrainDefaults:
+    """TrainConfig's defaults without importing torch for `--help`."""
+
+    steps, batch_size, lr, seed = 300, 8, 2e-3, 0
+
+
+TRAIN_DEFAULTS = _TrainDefaults
+
+
+def _cmd_make_fusion_data(args) -> int:
+    from mmchat.fusion_data import build_dataset
+
+    path = build_dataset(args.out, split=args.split, n_images=args.images, n_speech=args.speech, seed=args.seed)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_train_fusion(args) -> int:
+    from mmchat.chat import SYSTEM_PROMPT
+    from mmchat.engine import Engine
+    from mmchat.fusion_eval import format_report
+    from mmchat.fusion_train import DataConfig, TrainConfig, prepare_data, train_fusion
+    from mmchat.media import checkpoint_dirs
+
+    engine = Engine(llm=args.model)
+    if args.data is None:
+        train_dir, heldout_dir = prepare_data(DataConfig(train_images=args.images, train_speech=args.speech,
+                                                         seed=args.seed))
+    else:
+        train_dir, heldout_dir = args.data, args.heldout
+    out = args.out or checkpoint_dirs(engine.model_name("llm"))[0]
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    report = train_fusion(engine, train_dir=train_dir, heldout_dir=heldout_dir, out=out, config=config,
+                          system_prompt=SYSTEM_PROMPT, resume=not args.no_resume)
+    if "heldout" in report:
+        print(format_report(report["heldout"]))
+    print(f"fusion checkpoint written to {out}")
+    return 0
+
+
+def _cmd_eval_fusion(args) -> int:
+    from mmchat import fusion
+    from mmchat.chat import SYSTEM_PROMPT
+    from mmchat.engine import Engine
+    from mmchat.fusion_data import dataset_hash, validate_dataset
+    from mmchat.fusion_eval import evaluate, format_report
+    from mmchat.fusion_train import DataConfig, build_examples, encode_features, prepare_data
+    from mmchat.media import find_checkpoint
+
+    engine = Engine(llm=args.model)
+    llm = engine.llm
+    directory = args.checkpoint or find_checkpoint(llm.name)
+    if directory is None:
+        raise MMChatError(f"No fusion checkpoint for {llm.name}.", hint="Train one with `mmchat train-fusion`.")
+    heldout = args.data or prepare_data(DataConfig())[1]
+    samples = validate_dataset(heldout)
+    modalities = {s.modality for s in samples}
+    image_encoder = engine.image_encoder if "image" in modalities else None
+    whisper = engine.whisper if "audio" in modalities else None
+    model = fusion.load(directory, llm=llm.name, hidden_size=llm.hidden_size,
+                        image_fingerprint=getattr(image_encoder, "fingerprint", None),
+                        audio_fingerprint=getattr(whisper, "fingerprint", None))
+    features = encode_features(samples, image_encoder=image_encoder, whisper=whisper, data_hash=dataset_hash(heldout))
+    report = evaluate(llm, model, features, build_examples(samples), system_prompt=SYSTEM_PROMPT,
+                      limit_per_kind=args.limit)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
 

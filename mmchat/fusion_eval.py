@@ -1,0 +1,117 @@
+"""Evaluate a fusion checkpoint on held-out data: does the LLM use the media tokens?
+
+Per modality: answer loss with the real features vs. shuffled features (each question paired with
+another sample's media) vs. no features (the media group left out), and answer accuracy of greedy
+replies through the same path the chat uses, against the no-features control and chance.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+
+import torch
+from tqdm import tqdm
+
+from mmchat import fusion as fusion_mod
+from mmchat.fusion_train import Example, _Batcher, answer_loss, media_tokens, user_turn
+
+# Question kinds whose answers are scored by accuracy (short, closed answers).
+SCORED_KINDS = {"image": ("colour", "shape", "count", "position"),
+                "audio": ("repeat", "colour_fact", "arithmetic", "sequence", "opposite", "fact")}
+LOSS_BATCH = 8
+
+
+def normalise(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def is_correct(reply: str, answer: str) -> bool:
+    """The expected (one- or few-word) answer appears among the reply's first words."""
+    want = normalise(answer)
+    words = normalise(reply)[: len(want) + 6]
+    return bool(want) and any(words[i:i + len(want)] == want for i in range(len(words)))
+
+
+@torch.no_grad()
+def losses(llm, fusion, features, examples: Sequence[Example], *, system_prompt: str, seed: int = 0) -> dict:
+    """Mean answer loss per modality for real / shuffled / no features."""
+    batcher = _Batcher(llm, system_prompt)
+    out: dict = {}
+    for modality in fusion_mod.MODALITIES:
+        pool = [e for e in examples if e.modality == modality]
+        if not pool:
+            continue
+        sums = defaultdict(float)
+        generator = torch.Generator().manual_seed(seed)
+        for i in range(0, len(pool), LOSS_BATCH):
+            batch = pool[i:i + LOSS_BATCH]
+            real = media_tokens(fusion, features, batch)
+            shuffled = media_tokens(fusion, features, batch, shuffle=generator)
+            sums["real"] += float(answer_loss(llm, batcher, *real, batch)) * len(batch)
+            sums["shuffled"] += float(answer_loss(llm, batcher, *shuffled, batch)) * len(batch)
+            sums["none"] += float(answer_loss(llm, batcher, *real, batch, with_media=False)) * len(batch)
+        out[modality] = {k: round(v / len(pool), 4) for k, v in sums.items()}
+    return out
+
+
+@torch.no_grad()
+def accuracy(llm, fusion, features, examples: Sequence[Example], *, system_prompt: str,
+             limit_per_kind: int = 60) -> dict:
+    """Greedy-reply accuracy per modality and kind, with media and without (control), plus chance."""
+    from mmchat.llm import GenerationConfig
+
+    config = GenerationConfig(max_new_tokens=8, temperature=0.0)
+    picked: dict[tuple[str, str], list[Example]] = defaultdict(list)
+    for e in examples:
+        if e.kind in SCORED_KINDS.get(e.modality, ()) and len(picked[e.modality, e.kind]) < limit_per_kind:
+            picked[e.modality, e.kind].append(e)
+    results: dict = {}
+    total = sum(len(v) for v in picked.values())
+    with tqdm(total=total, desc="evaluating answers", unit="q", file=sys.stderr, disable=None, leave=False) as bar:
+        for (modality, kind), items in sorted(picked.items()):
+            hits = control = 0
+            for e in items:
+                tokens, mask = media_tokens(fusion, features, [e])
+                rows = tokens[0][mask[0] > 0]
+                chat = [{"role": "system", "content": system_prompt},
+                        {"role": "user", "content": user_turn(modality, e.question)}]
+                hits += is_correct(llm.generate(chat, config=config, media=[rows]), e.answer)
+                chat[1]["content"] = user_turn(modality, e.question, with_media=False)
+                control += is_correct(llm.generate(chat, config=config), e.answer)
+                bar.update(1)
+            answers = {e.answer for e in items}
+            results.setdefault(modality, {})[kind] = {
+                "n": len(items), "accuracy": round(hits / len(items), 4),
+                "no_media_accuracy": round(control / len(items), 4),
+                "chance": round(1 / max(1, len(answers)), 4)}
+    return results
+
+
+def evaluate(llm, fusion, features, examples: Sequence[Example], *, system_prompt: str,
+             limit_per_kind: int = 60) -> dict:
+    token_counts = {"image": fusion.config.image_tokens,
+                    "audio": f"1 per {fusion.config.audio_stack * 20} ms of speech, ≤ {fusion.config.max_audio_tokens} + 1"}
+    return {
+        "llm": llm.name,
+        "weights": fusion.weights(),
+        "tokens_per_item": token_counts,
+        "loss": losses(llm, fusion, features, examples, system_prompt=system_prompt),
+        "accuracy": accuracy(llm, fusion, features, examples, system_prompt=system_prompt,
+                             limit_per_kind=limit_per_kind),
+    }
+
+
+def format_report(report: dict) -> str:
+    lines = [f"fusion for {report['llm']}: weights {report['weights']}, tokens {report['tokens_per_item']}", "",
+             "held-out answer loss   real   shuffled   no media"]
+    for modality, v in report["loss"].items():
+        lines.append(f"  {modality:20} {v['real']:6.3f}   {v['shuffled']:8.3f}   {v['none']:8.3f}")
+    lines += ["", "held-out accuracy      with media   no media   chance    n"]
+    for modality, kinds in report["accuracy"].items():
+        for kind, v in kinds.items():
+            lines.append(f"  {modality + ' ' + kind:20} {v['accuracy']:10.1%}   {v['no_media_accuracy']:8.1%}"
+                         f"   {v['chance']:6.1%}  {v['n']:4}")
+    return "\n".join(lines)

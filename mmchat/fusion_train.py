@@ -1,0 +1,412 @@
+"""Train the fusion projectors against the frozen LLM, on cached encoder features.
+
+1. Encode every sample's media once (CLIP patch tokens, Whisper frames of the speech present) into
+   a feature cache keyed by the dataset hash and the encoders' fingerprints.
+2. Turn each question/answer pair into an :class:`Example`: the user turn is
+   ``<image>[media]</image>\\n{question}`` under mmchat's own system prompt, and the target is the
+   answer followed by the end-of-turn token — exactly the prompt the chat builds.
+3. Train with AdamW. The prompt text before the media group is the same for every example of a
+   modality, so its KV cache is computed once and shared; only the media group, the question and
+   the answer run through the LLM each step, and logits are computed only where the answer is.
+
+Batches are drawn from a generator seeded by (seed, epoch), so a run resumed from its saved state
+(``train-state/``: projector + optimizer as safetensors, step in JSON) continues exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from mmchat import fusion as fusion_mod
+from mmchat import paths
+from mmchat.context import MEDIA_PLACEHOLDER
+from mmchat.errors import MMChatError
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = "train-state"
+IGNORE = -100  # label for positions that are not part of an answer
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 300
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 15
+    seed: int = 0
+    checkpoint_every: int = 25  # steps between resumable saves
+    audio_every: int = 3  # every n-th batch is an audio batch (when there is audio data)
+    image_projector: str = "mlp2x_gelu"
+    audio_projector: str = "mlp2x_gelu"
+    image_grid: int = 4
+
+
+@dataclass(frozen=True)
+class Example:
+    modality: str  # "image" | "audio"
+    sample_id: str
+    question: str
+    answer: str
+    kind: str
+
+
+def build_examples(samples: Sequence) -> list[Example]:
+    """One example per QA pair of each sample, plus a caption example for images."""
+    examples = []
+    for s in samples:
+        for qa in s.qa:
+            examples.append(Example(s.modality, s.id, qa.q, qa.a, qa.kind))
+        if s.modality == "image" and s.caption:
+            examples.append(Example("image", s.id, "Describe the image in a few words.", s.caption, "caption"))
+    return examples
+
+
+def user_turn(modality: str, question: str, *, with_media: bool = True) -> str:
+    """The user message for one example; ``with_media=False`` is the no-features control."""
+    start, end = fusion_mod.DELIMITERS[modality]
+    media = f"{start}{MEDIA_PLACEHOLDER}{end}\n" if with_media else ""
+    return f"{media}{question}"
+
+
+# -- feature cache ---------------------------------------------------------------------------------
+def encode_features(samples: Sequence, *, image_encoder=None, whisper=None, data_hash: str,
+                    progress: Callable[[int, int], None] | None = None) -> dict[str, torch.Tensor]:
+    """Encoder features per sample id (fp16), computed once and cached in the user cache dir."""
+    from safetensors.torch import load_file, save_file
+
+    fingerprints = f"{getattr(image_encoder, 'fingerprint', '')}:{getattr(whisper, 'fingerprint', '')}"
+    key = hashlib.sha256(f"{data_hash}:{fingerprints}".encode()).hexdigest()[:20]
+    path = paths.cache_dir() / "fusion-features" / f"{key}.safetensors"
+    if path.is_file():
+        try:
+            features = load_file(path)
+            if all(s.id in features for s in samples):
+                return features
+        except Exception as exc:  # a damaged cache is rebuilt
+            log.warning("feature cache %s unreadable (%s); re-encoding", path, exc)
+    features = _encode_all(samples, image_encoder=image_encoder, whisper=whisper, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(features, tmp)
+    tmp.replace(path)
+    return features
+
+
+def _encode_all(samples, *, image_encoder, whisper, progress) -> dict[str, torch.Tensor]:
+    from mmchat.audio import load_audio
+    from mmchat.images import load_image
+
+    features: dict[str, torch.Tensor] = {}
+    images = [s for s in samples if s.modality == "image"]
+    clips = [s for s in samples if s.modality == "audio"]
+    if images and image_encoder is None or clips and whisper is None:
+        raise ValueError("an encoder is missing for the dataset's modalities")
+    total, done = len(samples), 0
+    with tqdm(total=total, desc="encoding features", unit="sample", file=sys.stderr, disable=None, leave=False) as bar:
+        for i in range(0, len(images), 16):
+            batch = images[i:i + 16]
+            patches = image_encoder.encode([load_image(s.path) for s in batch]).patches
+            for s, p in zip(batch, patches):
+                features[s.id] = p.to(torch.float16).contiguous()
+            done += len(batch)
+            bar.update(len(batch))
+            if progress:
+                progress(done, total)
+        for s in clips:
+            features[s.id] = whisper.encode(load_audio(s.path)).to(torch.float16).contiguous()
+            done += 1
+            bar.update(1)
+            if progress:
+                progress(done, total)
+    return features
+
+
+# -- batches ---------------------------------------------------------------------------------------
+class _Batcher:
+    """Tokenised examples and the shared prompt prefix (with its KV cache) per modality."""
+
+    def __init__(self, llm, system_prompt: str) -> None:
+        self.llm = llm
+        self.system_prompt = system_prompt
+        self._prefix: dict[str, tuple[list[int], list]] = {}
+        self.end_ids = [i for i in llm.stop_ids if i == llm.tokenizer.convert_tokens_to_ids("<|im_end|>")] or \
+            sorted(llm.stop_ids)[:1]
+
+    def split(self, modality: str, question: str) -> tuple[list[int], list[int]]:
+        """Token ids before and after the media placeholder, as the chat renders them."""
+        chat = [{"role": "system", "content": self.system_prompt},
+                {"role": "user", "content": user_turn(modality, question)}]
+        text = self.llm.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        before, after = text.split(MEDIA_PLACEHOLDER)
+        tok = self.llm.tokenizer
+        return tok(before, add_special_tokens=False)["input_ids"], tok(after, add_special_tokens=False)["input_ids"]
+
+    def prefix(self, modality: str) -> tuple[list[int], list]:
+        """The ids before the media group (identical for every question) and their KV per layer."""
+        if modality not in self._prefix:
+            ids, _ = self.split(modality, "x")
+            with torch.no_grad():
+                out = self.llm.model(input_ids=torch.tensor([ids]), use_cache=True)
+            kv = [(layer[0], layer[1]) for layer in out.past_key_values]
+            self._prefix[modality] = (ids, kv)
+        return self._prefix[modality]
+
+    def suffix(self, example: Example) -> tuple[list[int], list[int]]:
+        """(input ids after the media group, labels): the answer and end-of-turn are the targets."""
+        before, after = self.split(example.modality, example.question)
+        if before != self.prefix(example.modality)[0]:
+            raise RuntimeError("the chat template rendered a question-dependent prefix")
+        answer = self.llm.tokenizer(example.answer, add_special_tokens=False)["input_ids"] + self.end_ids
+        ids = after + answer
+        labels = [IGNORE] * len(after) + answer
+        # Predict token t+1 from position t: shift left by one.
+        return ids, labels[1:] + [IGNORE]
+
+
+def answer_loss(llm, batcher: _Batcher, media: torch.Tensor, media_mask: torch.Tensor,
+                examples: Sequence[Example], *, with_media: bool = True) -> torch.Tensor:
+    """Mean cross-entropy of the answers given ``media`` ((B, k, H) token groups, (B, k) mask).
+
+    ``with_media=False`` drops the media group from the sequence (the no-features control)."""
+    from transformers import DynamicCache
+
+    modality = examples[0].modality
+    prefix_ids, kv = batcher.prefix(modality)
+    suffixes = [batcher.suffix(e) for e in examples]
+    b, width = len(examples), max(len(ids) for ids, _ in suffixes)
+    ids = torch.zeros(b, width, dtype=torch.long)
+    labels = torch.full((b, width), IGNORE, dtype=torch.long)
+    text_mask = torch.zeros(b, width)
+    for i, (s_ids, s_labels) in enumerate(suffixes):
+        ids[i, :len(s_ids)] = torch.tensor(s_ids)
+        labels[i, :len(s_labels)] = torch.tensor(s_labels)
+        text_mask[i, :len(s_ids)] = 1
+    text = llm.model.get_input_embeddings()(ids)
+    if with_media:
+        embeds = torch.cat([media.to(text.dtype), text], dim=1)
+        mask = torch.cat([media_mask, text_mask], dim=1)
+        labels = torch.cat([torch.full(media_mask.shape, IGNORE, dtype=torch.long), labels], dim=1)
+        # The position before the first question token predicts it; nothing is learned there.
+    else:
+        embeds, mask = text, text_mask
+    p = len(prefix_ids)
+    cache = DynamicCache([(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in kv])
+    attention = torch.cat([torch.ones(b, p), mask], dim=1).long()
+    positions = (p + mask.cumsum(1) - 1).clamp(min=p).long()
+    hidden = llm.model.model(inputs_embeds=embeds, attention_mask=attention, position_ids=positions,
+                             past_key_values=cache, use_cache=True).last_hidden_state
+    where = labels != IGNORE
+    logits = llm.model.lm_head(hidden[where]).float()
+    return torch.nn.functional.cross_entropy(logits, labels[where])
+
+
+def media_tokens(fusion: fusion_mod.Fusion, features: dict[str, torch.Tensor], examples: Sequence[Example],
+                 *, shuffle: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token groups and masks for a same-modality batch; ``shuffle`` pairs each example with another
+    example's features (the shuffled-feature control)."""
+    keys = [e.sample_id for e in examples]
+    if shuffle is not None:
+        keys = [keys[i] for i in torch.randperm(len(keys), generator=shuffle).tolist()]
+    feats = [features[k].float() for k in keys]
+    if examples[0].modality == "image":
+        tokens = fusion.image_tokens(torch.stack(feats))
+        return tokens, torch.ones(tokens.shape[:2])
+    feats = [fusion.fit_audio_frames(f) for f in feats]
+    lengths = torch.tensor([len(f) for f in feats])
+    padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
+    tokens = fusion.audio_tokens(padded, lengths)
+    s = fusion.config.audio_stack
+    n_tokens = (lengths + s - 1) // s
+    mask = (torch.arange(tokens.shape[1] - 1).unsqueeze(0) < n_tokens.unsqueeze(1)).float()
+    return tokens, torch.cat([mask, torch.ones(len(examples), 1)], dim=1)  # the summary token is live
+
+
+# -- training --------------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, llm, fusion: fusion_mod.Fusion, features: dict[str, torch.Tensor],
+                 examples: Sequence[Example], *, config: TrainConfig, system_prompt: str) -> None:
+        self.llm, self.fusion, self.features, self.config = llm, fusion, features, config
+        self.by_modality = {m: [e for e in examples if e.modality == m] for m in fusion_mod.MODALITIES}
+        self.batcher = _Batcher(llm, system_prompt)
+        llm.model.requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(fusion.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.step = 0
+        self.losses: list[float] = []
+
+    def _lr(self, step: int) -> float:
+        c = self.config
+        if step < c.warmup_steps:
+            return c.lr * (step + 1) / c.warmup_steps
+        progress = (step - c.warmup_steps) / max(1, c.steps - c.warmup_steps)
+        return c.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    def _batch(self, step: int) -> list[Example]:
+        c = self.config
+        modality = "audio" if self.by_modality["audio"] and (
+            not self.by_modality["image"] or step % c.audio_every == c.audio_every - 1) else "image"
+        pool = self.by_modality[modality]
+        per_epoch = max(1, len(pool) // c.batch_size)
+        epoch, index = divmod(step, per_epoch)
+        order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(
+            c.seed * 1_000_003 + epoch * 2 + (modality == "audio")))
+        return [pool[i] for i in order[index * c.batch_size:(index + 1) * c.batch_size].tolist()]
+
+    def train_step(self) -> float:
+        examples = self._batch(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._lr(self.step)
+        self.fusion.train()
+        tokens, mask = media_tokens(self.fusion, self.features, examples)
+        loss = answer_loss(self.llm, self.batcher, tokens, mask, examples)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.fusion.parameters(), 1.0)
+        self.optimizer.step()
+        self.step += 1
+        self.losses.append(float(loss))
+        return float(loss)
+
+    def train(self, *, state_dir: Path | None = None, progress: Callable[[int, int], None] | None = None) -> None:
+        with tqdm(total=self.config.steps, initial=self.step, desc="training fusion", unit="step",
+                  file=sys.stderr, disable=None) as bar:
+            while self.step < self.config.steps:
+                loss = self.train_step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", w=self.fusion.weights())
+                if progress:
+                    progress(self.step, self.config.steps)
+                if state_dir is not None and (self.step % self.config.checkpoint_every == 0
+                                              or self.step == self.config.steps):
+                    self.save_state(state_dir)
+
+    # -- resumable state ---------------------------------------------------------------------------
+    def save_state(self, directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {f"model.{k}": v.detach().contiguous() for k, v in self.fusion.state_dict().items()}
+        names = dict(self.fusion.named_parameters())
+        index = {id(p): n for n, p in names.items()}
+        for p, state in self.optimizer.state.items():
+            for key, value in state.items():
+                tensors[f"optim.{index[id(p)]}.{key}"] = value.detach().reshape(value.shape).contiguous()
+        tmp = directory / "state.safetensors.tmp"
+        save_file(tensors, tmp)
+        tmp.replace(directory / "state.safetensors")
+        meta = {"step": self.step, "config": asdict(self.config), "losses": self.losses}
+        (directory / "state.json.tmp").write_text(json.dumps(meta))
+        (directory / "state.json.tmp").replace(directory / "state.json")
+
+    def load_state(self, directory: Path) -> bool:
+        """Resume from ``directory`` if it holds a state of the same configuration; True if resumed."""
+        from safetensors.torch import load_file
+
+        try:
+            meta = json.loads((directory / "state.json").read_text())
+            tensors = load_file(directory / "state.safetensors")
+        except (OSError, ValueError) as exc:
+            log.info("no resumable state in %s (%s)", directory, exc)
+            return False
+        if meta.get("config") != asdict(self.config):
+            log.warning("training state in %s is for another configuration; starting afresh", directory)
+            return False
+        self.fusion.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        for name, p in self.fusion.named_parameters():
+            state = {k.rsplit(".", 1)[1]: v for k, v in tensors.items()
+                     if k.startswith(f"optim.{name}.") and k.count(".") == name.count(".") + 2}
+            if state:
+                self.optimizer.state[p] = state
+        self.step, self.losses = meta["step"], meta.get("losses", [])
+        return True
+
+
+def require_modalities(samples: Sequence) -> None:
+    if not samples:
+        raise MMChatError("The training data has no samples.")
+
+
+# -- the whole job ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataConfig:
+    """The generated dataset used when no ``--data`` is given (train and held-out splits)."""
+
+    train_images: int = 2000
+    train_speech: int = 600
+    heldout_images: int = 240
+    heldout_speech: int = 120
+    seed: int = 0
+
+
+def prepare_data(config: DataConfig, *, root: Path | None = None) -> tuple[Path, Path]:
+    """Build (or reuse) the generated train and held-out splits in the user cache."""
+    from mmchat.fusion_data import build_dataset
+
+    root = root or paths.cache_dir() / "fusion-data" / f"seed{config.seed}"
+    train = build_dataset(root, split="train", n_images=config.train_images, n_speech=config.train_speech,
+                          seed=config.seed)
+    heldout = build_dataset(root, split="heldout", n_images=config.heldout_images,
+                            n_speech=config.heldout_speech, seed=config.seed)
+    return train, heldout
+
+
+def _encoders_for(engine, samples) -> dict:
+    modalities = {s.modality for s in samples}
+    return {"image_encoder": engine.image_encoder if "image" in modalities else None,
+            "whisper": engine.whisper if "audio" in modalities else None}
+
+
+def train_fusion(engine, *, train_dir: Path, heldout_dir: Path | None, out: Path, config: TrainConfig,
+                 system_prompt: str, resume: bool = True, eval_limit: int = 40,
+                 progress: Callable[[int, int], None] | None = None) -> dict:
+    """Train, evaluate on ``heldout_dir`` and save the checkpoint in ``out``; returns the eval report."""
+    from mmchat.fusion_data import dataset_hash, validate_dataset
+    from mmchat.fusion_eval import evaluate
+
+    samples = validate_dataset(train_dir)
+    require_modalities(samples)
+    llm = engine.llm
+    encoders = _encoders_for(engine, samples)
+    data_hash = dataset_hash(train_dir)
+    started = time.monotonic()
+    features = encode_features(samples, data_hash=data_hash, **encoders)
+    embed_rms = float(llm.model.get_input_embeddings().weight.float().pow(2).mean().sqrt())
+    fusion_config = fusion_mod.FusionConfig(
+        llm=llm.name, hidden_size=llm.hidden_size,
+        image_fingerprint=getattr(encoders["image_encoder"], "fingerprint", ""),
+        audio_fingerprint=getattr(encoders["whisper"], "fingerprint", ""),
+        image_projector=config.image_projector, audio_projector=config.audio_projector,
+        image_grid=config.image_grid, embed_rms=embed_rms)
+    torch.manual_seed(config.seed)  # the initial projector weights depend on the seed alone
+    fusion = fusion_mod.Fusion(fusion_config)
+    trainer = Trainer(llm, fusion, features, build_examples(samples), config=config, system_prompt=system_prompt)
+    state_dir = paths.cache_dir() / "fusion-train" / llm.name / data_hash[:16]
+    if resume and trainer.load_state(state_dir):
+        log.info("resuming fusion training at step %d", trainer.step)
+    encode_s = time.monotonic() - started
+    trainer.train(state_dir=state_dir, progress=progress)
+    train_s = time.monotonic() - started - encode_s
+    fusion.eval()
+    report: dict = {"train": {"steps": trainer.step, "batch_size": config.batch_size, "encode_s": round(encode_s, 1),
+                              "train_s": round(train_s, 1), "first_loss": trainer.losses[:5],
+                              "last_loss": trainer.losses[-5:], "samples": len(samples)}}
+    if heldout_dir is not None:
+        held = validate_dataset(heldout_dir)
+        held_features = encode_features(held, data_hash=dataset_hash(heldout_dir), **_encoders_for(engine, held))
+        report["heldout"] = evaluate(llm, fusion, held_features, build_examples(held), system_prompt=system_prompt,
+                                     limit_per_kind=eval_limit)
+    fusion_mod.save(fusion, out, data_hash=data_hash, metrics=report, trained_steps=trainer.step)
+    (out / "eval.json").write_text(json.dumps(report, indent=2))
+    return report
