@@ -186,9 +186,7 @@ class ChatSession:
 
             part = self.media.image(load_image(attachment.data), index=index)
         else:
-            from mmchat.audio import load_audio
-
-            part = self.media.audio(load_audio(io.BytesIO(attachment.data)), transcript=transcript)
+            part = self.media.audio(_audio_from_flac(attachment.data), transcript=transcript)
         self._media_cache[key] = part
         while len(self._media_cache) > MEDIA_CACHE_ITEMS:
             self._media_cache.popitem(last=False)
@@ -201,3 +199,16 @@ def _flac_bytes(audio: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     soundfile.write(buffer, np.asarray(audio, dtype=np.float32), 16_000, format="FLAC")
     return buffer.getvalue()
+
+
+def _audio_from_flac(data: bytes) -> np.ndarray:
+    """A stored voice clip (written by :func:`_flac_bytes`) as 16 kHz mono float32.
+
+    ``mmchat.audio.load_audio`` takes a path (it checks the file's size first), so stored bytes are
+    decoded here."""
+    import soundfile
+
+    from mmchat.audio import to_mono_16k
+
+    samples, sample_rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    return to_mono_16k(samples, sample_rate)
