@@ -77,3 +77,63 @@ def words(n: int) -> str:
 def tone(seconds: float, rate: int = 16_000, amplitude: float = 0.3) -> np.ndarray:
     t = np.arange(int(seconds * rate)) / rate
     return (amplitude * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+
+
+class FeedingStream:
+    """Stands in for ``sounddevice.InputStream``: once started, a thread pushes ``clip`` through the
+    recorder's callback in blocks (``speed`` times real time), then silence, like a live microphone."""
+
+    def __init__(self, clip: np.ndarray, samplerate: int, *, callback, finished_callback=None,
+                 speed: float = 4.0, block: int = 800, fail_after_s: float | None = None, **_kwargs):
+        import threading
+
+        self.clip = np.asarray(clip, dtype=np.float32)
+        self.samplerate = samplerate
+        self.callback, self.finished_callback = callback, finished_callback
+        self.speed, self.block, self.fail_after_s = speed, block, fail_after_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._feed, daemon=True)
+        self.fed = 0
+
+    def _feed(self) -> None:
+        import time
+
+        silence = np.zeros(self.block, dtype=np.float32)
+        while not self._stop.is_set():
+            if self.fail_after_s is not None and self.fed >= self.fail_after_s * self.samplerate:
+                if self.finished_callback:
+                    self.finished_callback()  # what PortAudio does when the device goes away
+                return
+            chunk = self.clip[self.fed:self.fed + self.block] if self.fed < len(self.clip) else silence
+            self.callback(chunk.reshape(-1, 1), len(chunk), None, None)
+            self.fed += len(chunk)
+            time.sleep(len(chunk) / self.samplerate / self.speed)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.finished_callback:
+            self.finished_callback()
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def fake_microphone(clip: np.ndarray, samplerate: int = 16_000, **stream_options):
+    """A ``make_recorder`` service whose recorder hears ``clip`` through a :class:`FeedingStream`."""
+    from mmchat.recorder import Recorder
+
+    streams = []
+
+    def make(settings):
+        def factory(**kwargs):
+            stream = FeedingStream(clip, samplerate, **stream_options, **kwargs)
+            streams.append(stream)
+            return stream
+        return Recorder(device=settings.input_device, max_seconds=settings.max_recording_s, stream_factory=factory)
+
+    make.streams = streams
+    return make

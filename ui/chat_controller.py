@@ -86,8 +86,12 @@ class ChatController(QObject):
     # -- turns -----------------------------------------------------------------------------------
     def send(self, draft) -> Job | None:
         images = [p.image for p in draft.images]
+        if draft.audio is not None and draft.transcript is not None:
+            text, transcript = "", draft.text  # the box holds the transcript as the user reviewed it
+        else:
+            text, transcript = draft.text, None  # a clip sent at once is transcribed by the session
         return self._run(Job(self.current, "send", draft=draft), lambda session, stop: session.send(
-            draft.text, images=images, audio=draft.audio, transcript=draft.transcript, stop=stop))
+            text, images=images, audio=draft.audio, transcript=transcript, stop=stop))
 
     def regenerate(self) -> Job | None:
         return self._run(Job(self.current, "regenerate"), lambda session, stop: session.regenerate(stop=stop))

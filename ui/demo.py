@@ -122,8 +122,9 @@ class DemoEngine:
 
 
 def demo_services(engine: DemoEngine | None = None, *, microphone: Probe = Probe(True, "demo microphone"),
-                  speakers: Probe = Probe(True, "demo speakers")):
-    """Services for the demo window: the scripted engine, no models to load, no real devices."""
+                  speakers: Probe = Probe(True, "demo speakers"), **overrides):
+    """Services for the demo window: the scripted engine, no models to load, no real devices.
+    ``overrides`` replace single services (tests pass a recorder on a fake stream, a fake speaker)."""
     from mmchat_ui.services import Services
 
     engine = engine or DemoEngine()
@@ -133,10 +134,12 @@ def demo_services(engine: DemoEngine | None = None, *, microphone: Probe = Probe
 
         raise MMChatError("The demo has no audio devices.")
 
-    return Services(make_engine=lambda _settings: engine, make_recorder=no_device,
+    services = dict(make_engine=lambda _settings: engine, make_recorder=no_device,
                     microphone=lambda _settings: microphone, make_speaker=no_device, make_output=no_device,
                     audio_output=lambda: speakers, input_devices=lambda: [], fetch_model=no_device,
                     load_models=False)
+    services.update(overrides)
+    return Services(**services)
 
 
 # -- the demo conversation ---------------------------------------------------------------------------
