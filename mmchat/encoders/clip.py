@@ -46,7 +46,7 @@ from mmchat.images import to_rgb
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "clip-vit-b-32"
-BATCH_SIZE = 16  # images per forward pass (bounds memory: ~0.6 GB activations at 16 on CPU fp32)
+BATCH_SIZE = 16  # images per forward pass (bounds peak activation memory)
 CONTEXT_LENGTH = 77  # CLIP text tokens, including start and end
 ZERO_SHOT_TEMPLATE = "a photo of {}."
 UNTRAINED = "image encoder untrained"  # the phrase surfaces show for a random-init encoder
