@@ -11,7 +11,7 @@ import importlib.metadata
 import platform
 import sys
 
-from mmchat import __version__, cache, paths, probe, registry
+from mmchat import __version__, cache, download, paths, probe, registry
 from mmchat.errors import MMChatError
 
 LIBRARIES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "Pillow", "soundfile",
@@ -34,7 +34,7 @@ def model_state(spec: registry.ModelSpec) -> str:
             converted = any(_manifest_source(d) == spec.sha256 for d in cache.cached_conversions(spec.name))
             return "bundled, converted" if converted else "bundled, converts on first use"
         return "bundled"
-    fetched = (paths.models_dir() / spec.name / "hub").is_dir()
+    fetched = download.is_fetched(spec.name)
     if spec.role is registry.Role.IMAGE and not fetched:
         return "untrained (random init)"
     return "fetched" if fetched else "not fetched"
@@ -61,9 +61,10 @@ def model_rows() -> list[dict]:
 def verify_model(spec: registry.ModelSpec) -> tuple[bool, str]:
     """Full check: bundled parts hash to the registry sha256; cached conversions match their manifest."""
     if not spec.bundled:
-        hub = paths.models_dir() / spec.name / "hub"
-        return (True, "not fetched (optional)") if not hub.is_dir() else (
-            cache.verify_manifest(hub), f"fetched files in {hub}")
+        if not download.is_fetched(spec.name):
+            return True, "not fetched (optional)"
+        ok = download.verify_fetched(spec.name)
+        return ok, f"fetched files in {download.hub_dir(spec.name)} {'match' if ok else 'DO NOT match'} their checksums"
     try:
         parts = spec.locate_parts()
     except MMChatError as exc:

@@ -89,6 +89,16 @@ def is_fetched(name: str) -> bool:
         return False
 
 
+def verify_fetched(name: str) -> bool:
+    """Full check of a fetched model: every file matches the checksum recorded at download."""
+    if not is_fetched(name):
+        return False
+    directory = hub_dir(name)
+    files = json.loads((directory / MANIFEST).read_text())["files"]
+    return all(file_checksum(directory / f, kind=_checksum_kind(meta["checksum"])) == meta["checksum"]
+               for f, meta in files.items())
+
+
 def fetch_model(name: str, *, progress: Progress | None = None, hub: Hub | None = None) -> Path:
     """Download, verify and install ``name``'s hub files; returns :func:`hub_dir`.
 
