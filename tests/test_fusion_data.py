@@ -23,7 +23,7 @@ from PIL import Image
 from mmchat.errors import MMChatError
 from mmchat.fusion_data import (ImageConfig, SpeechConfig, build_dataset, dataset_hash,
                                 load_samples, validate_dataset)
-from mmchat.fusion_data import grammar, images, speech
+from mmchat.fusion_data import dataset, grammar, images, speech
 from mmchat.fusion_data.__main__ import main as cli_main
 
 # Reference hues (degrees) of the six colour names; a drawn shape must be within HUE_TOL of its own.
@@ -313,6 +313,28 @@ def test_espeak_voice_when_installed():
     assert 0.5 < clip.audio.size / 16_000 < 5
 
 
+def test_missing_espeak_falls_back_to_piper(monkeypatch, caplog):
+    monkeypatch.setattr(speech, "espeak_path", lambda: None)
+    synth = speech.Synthesizer(seed=1, config=SpeechConfig(espeak_fraction=1.0))
+    assert "espeak-ng is not installed" in caplog.text
+    clip = synth.clip(grammar.utterances("train")["fact"][0], np.random.default_rng(0))
+    assert clip.meta["voice"] == "piper:piper-joe-medium"
+
+
+@pytest.mark.slow
+def test_whisper_hears_the_transcript(tmp_path):
+    """The real Whisper model recognises a clean generated clip as its transcript."""
+    from mmchat.encoders.whisper import Whisper
+
+    config = SpeechConfig(snr_db=(None,), snr_weights=(1.0,), espeak_fraction=0.0,
+                          length_scale=(1.0, 1.0))
+    synth = speech.Synthesizer(seed=2, config=config)
+    utterance = next(u for u in grammar.all_utterances() if u.text == "The small cat sat on the mat.")
+    clip = synth.clip(utterance, np.random.default_rng(0))
+    heard = grammar.words_of(Whisper.load().transcribe(clip.audio).text)
+    assert {"small", "cat", "sat", "mat"} <= heard
+
+
 # --- determinism, format, hash ----------------------------------------------------------------
 
 def _files(directory: Path) -> dict[str, bytes]:
@@ -331,6 +353,31 @@ def test_same_seed_gives_identical_bytes(tmp_path):
     assert (held / "images" / "img-000000.png").read_bytes() != (a / "images" / "img-000000.png").read_bytes()
 
 
+def test_interrupted_build_resumes_to_identical_bytes(tmp_path, monkeypatch):
+    monkeypatch.setattr(dataset, "IMAGE_CHUNK", 4)
+    monkeypatch.setattr(dataset, "AUDIO_CHUNK", 2)
+    whole = build_dataset(tmp_path / "whole", split="train", n_images=10, n_speech=4, seed=8)
+
+    def stop_after(limit):
+        def progress(done, total):
+            assert total == 14
+            if done >= limit:
+                raise KeyboardInterrupt
+        return progress
+
+    for limit in (4, 12):  # stop after the first image chunk, then after the first audio chunk
+        with pytest.raises(KeyboardInterrupt):
+            build_dataset(tmp_path / "resumed", split="train", n_images=10, n_speech=4, seed=8,
+                          progress=stop_after(limit))
+        assert (tmp_path / "resumed" / ".train.partial" / "chunks").is_dir()
+    done = []
+    resumed = build_dataset(tmp_path / "resumed", split="train", n_images=10, n_speech=4, seed=8,
+                            progress=lambda d, t: done.append(d))
+    assert done[0] == 4  # the finished image chunk was skipped, not redone
+    assert _files(resumed) == _files(whole)
+    assert not (tmp_path / "resumed" / ".train.partial").exists()
+
+
 def test_rebuild_is_skipped_only_for_the_same_settings(tmp_path):
     path = build_dataset(tmp_path, split="train", n_images=6, n_speech=0, seed=1)
     stamp = (path / "samples.jsonl").stat().st_mtime_ns
@@ -338,7 +385,7 @@ def test_rebuild_is_skipped_only_for_the_same_settings(tmp_path):
     assert (path / "samples.jsonl").stat().st_mtime_ns == stamp
     build_dataset(tmp_path, split="train", n_images=7, n_speech=0, seed=1)
     assert len(load_samples(path)) == 7
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+    assert [p.name for p in tmp_path.iterdir()] == ["train"]  # no partial build left behind
 
 
 def test_build_rejects_bad_arguments(tmp_path):

@@ -84,10 +84,10 @@ class Sample:
         return record
 
 
-def write_samples(samples: list[Sample], directory: Path) -> Path:
-    """Write ``samples.jsonl`` into ``directory`` atomically; byte-stable for equal samples."""
-    target = directory / SAMPLES_FILE
-    tmp = target.with_name(f".{SAMPLES_FILE}.{os.getpid()}.tmp")
+def write_samples(samples: list[Sample], directory: Path, *, name: str = SAMPLES_FILE) -> Path:
+    """Write ``directory/name`` atomically (paths relative to ``directory``); byte-stable."""
+    target = directory / name
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8", newline="\n") as f:
         for sample in samples:
             f.write(json.dumps(sample.to_record(root=directory), ensure_ascii=False) + "\n")

@@ -6,8 +6,8 @@ random SNR, scaled to a random peak level and resampled to 16 kHz mono float32.
 
 Reproducibility: piper's VITS graph draws its prosody noise inside onnxruntime from generators
 seeded when the session is created. :class:`Synthesizer` therefore builds its own onnxruntime
-session right after ``onnxruntime.set_seed(seed)``, so a build that synthesises the same texts
-in the same order produces the same audio. espeak-ng is deterministic; where it is absent those
+session right after ``onnxruntime.set_seed(seed)`` (again at each :meth:`Synthesizer.reseed`), so
+the same texts synthesised in the same order after the same seed give the same audio. espeak-ng is deterministic; where it is absent those
 clips fall back to piper (recorded in ``meta["voice"]``), so the audio differs between machines
 with and without it.
 """
@@ -83,6 +83,10 @@ class Synthesizer:
             log.warning("espeak-ng is not installed: every clip uses the piper voice "
                         "(apt-get install espeak-ng adds a second voice source)")
 
+    def reseed(self, seed: int) -> None:
+        """Start a fresh piper session seeded with ``seed`` (a new reproducible stream)."""
+        self.speaker = _seeded_speaker(self.config.voice, seed=seed)
+
     def clip(self, utterance: Utterance, rng: np.random.Generator) -> Clip:
         """One varied recording of ``utterance``; ``rng`` draws every random choice."""
         wants_espeak = rng.random() < self.config.espeak_fraction
@@ -127,7 +131,8 @@ def _seeded_speaker(name: str, *, seed: int):
     """A :class:`mmchat.tts.Speaker` whose onnxruntime session was created after ``set_seed``.
 
     The shared voice from ``Speaker.load`` keeps its own session (whose random state depends on
-    what it has said before); this one gets a fresh session so the build is reproducible.
+    what it has said before); this one gets a fresh session so its output depends only on
+    ``seed`` and the sequence of calls made on it.
     """
     import onnxruntime
 
