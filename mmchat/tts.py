@@ -4,6 +4,9 @@
 the espeak-ng data shipped inside piper). Voices are chosen by registry name; each loads once per
 process. ``synthesize`` returns the whole utterance, ``stream`` yields it sentence by sentence so
 read-aloud can start playing while later sentences are still being made.
+
+Piper samples noise inside the ONNX graph, so the same text gives slightly different audio each
+call; ``noise_scale=0, noise_w=0`` makes synthesis deterministic (flatter, still clear speech).
 """
 
 from __future__ import annotations
