@@ -205,7 +205,7 @@ def test_read_aloud_plays_the_reply_and_esc_stops_it(qtbot, make_window):
     reply = wait_reply(qtbot, window)
     qtbot.waitUntil(lambda: window.speak_button.isEnabled(), timeout=WAIT_MS)
     reply.speak_button.click()
-    qtbot.waitUntil(lambda: outputs and outputs[0].started.is_set(), timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: bool(outputs) and outputs[0].started.is_set(), timeout=WAIT_MS)
     assert window.read_aloud.speaking and speaker.texts == ["Here is the answer. (code block)"]
     qtbot.keyClick(window.composer.edit, Qt.Key.Key_Escape)
     assert not window.read_aloud.speaking

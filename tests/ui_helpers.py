@@ -28,11 +28,12 @@ def make_window(qtbot, data_dir):
     if manager is None:
         manager = app._test_theme_manager = theme.ThemeManager(app, "light")
 
-    def make(engine=None, *, services=None, settings=None, store=None, **service_options):
-        store = store or ConversationStore(data_dir / "mmchat.sqlite3")
+    def make(engine=None, *, services=None, settings=None, store=None, save_settings=False, **service_options):
+        settings = settings or Settings()
+        store = store or ConversationStore(settings.database_path())
         services = services or demo_services(engine or DemoEngine(), **service_options)
-        window = MainWindow(store=store, settings=settings or Settings(), services=services,
-                            theme_manager=manager, save_settings=False)
+        window = MainWindow(store=store, settings=settings, services=services,
+                            theme_manager=manager, save_settings=save_settings)
         qtbot.addWidget(window)
         window.resize(1100, 760)
         with qtbot.waitActive(window):  # shortcuts and focus need the active window

@@ -44,10 +44,12 @@ class DemoLLM:
         self.delay_s = delay_s
         self.name = name
         self.prompts: list[list[dict]] = []  # what each call was asked, for tests
+        self.configs: list = []
         self.media: list[list] = []
 
     def stream(self, messages, *, config=None, media=(), stop: threading.Event | None = None):
         self.prompts.append(list(messages))
+        self.configs.append(config)
         self.media.append(list(media or ()))
         for word in _words(self.reply(messages)):
             if stop is not None and stop.is_set():

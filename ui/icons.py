@@ -1,18 +1,19 @@
 """Line icons drawn from inline SVG, in any colour, sharp at every device pixel ratio.
 
-Each icon is a 24×24 stroke drawing (the style of the Lucide set). :func:`icon` renders it into
-pixmaps at several sizes so Qt picks a crisp one on high-DPI screens; results are cached per colour.
+Each icon is a 24×24 stroke drawing (the style of the Lucide set). :func:`icon` gives a QIcon whose
+engine renders the SVG at exactly the size and device pixel ratio asked for, so icons are crisp on
+high-DPI screens and cost nothing until painted; icons are cached per name and colour.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 
-from PySide6.QtCore import QByteArray, QRectF, Qt
-from PySide6.QtGui import QIcon, QImage, QPainter, QPixmap
+from PySide6.QtCore import QByteArray, QPoint, QRect, QRectF, QSize, Qt
+from PySide6.QtGui import QIcon, QIconEngine, QImage, QPainter, QPixmap
 from PySide6.QtSvg import QSvgRenderer
 
-PIXMAP_SIZES = (16, 20, 24, 32, 40, 48, 64)  # px; covers 16–32 px icons at 1× and 2×
+DISABLED_OPACITY = 0.4
 
 _PATHS = {
     "plus": '<path d="M12 5v14M5 12h14"/>',
@@ -59,17 +60,48 @@ def names() -> list[str]:
     return sorted(_PATHS)
 
 
-@lru_cache(maxsize=256)
-def icon(name: str, colour: str) -> QIcon:
-    """The icon ``name`` drawn in ``colour`` (any CSS colour string)."""
-    renderer = QSvgRenderer(QByteArray(svg(name, colour)))
-    result = QIcon()
-    for size in PIXMAP_SIZES:
-        image = QImage(size, size, QImage.Format.Format_ARGB32_Premultiplied)
+class _SvgIconEngine(QIconEngine):
+    """Renders the SVG at whatever size and pixel ratio Qt asks for, when it asks (nothing up front)."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self._data = data
+        self._renderer = QSvgRenderer(QByteArray(data))
+
+    def paint(self, painter: QPainter, rect: QRect, mode: QIcon.Mode, state: QIcon.State) -> None:
+        painter.save()
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        if mode == QIcon.Mode.Disabled:
+            painter.setOpacity(DISABLED_OPACITY)
+        self._renderer.render(painter, QRectF(rect))
+        painter.restore()
+
+    def pixmap(self, size: QSize, mode: QIcon.Mode, state: QIcon.State) -> QPixmap:
+        image = QImage(size, QImage.Format.Format_ARGB32_Premultiplied)
         image.fill(Qt.GlobalColor.transparent)
         painter = QPainter(image)
-        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-        renderer.render(painter, QRectF(0, 0, size, size))
+        self.paint(painter, QRect(QPoint(0, 0), size), mode, state)
         painter.end()
-        result.addPixmap(QPixmap.fromImage(image))
+        return QPixmap.fromImage(image)
+
+    def scaledPixmap(self, size: QSize, mode: QIcon.Mode, state: QIcon.State, scale: float) -> QPixmap:
+        pixmap = self.pixmap(size * scale, mode, state)
+        pixmap.setDevicePixelRatio(scale)
+        return pixmap
+
+    def clone(self) -> QIconEngine:
+        engine = _SvgIconEngine(self._data)
+        _clones.append(engine)  # Qt owns the clone's C++ side; keep the Python side alive with it
+        return engine
+
+
+_clones: list[_SvgIconEngine] = []
+
+
+@lru_cache(maxsize=256)
+def icon(name: str, colour: str) -> QIcon:
+    """The icon ``name`` drawn in ``colour`` (any CSS colour string), rendered on demand."""
+    engine = _SvgIconEngine(svg(name, colour))
+    result = QIcon(engine)
+    result._engine = engine  # keep the Python engine alive as long as the icon is cached
     return result

@@ -15,8 +15,6 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from markdown_it import MarkdownIt
-
 SAFE_LINK_SCHEMES = ("http", "https", "mailto")
 MAX_HIGHLIGHT_CHARS = 100_000  # longer code is shown plain: highlighting it would stall the window
 
@@ -30,7 +28,9 @@ class Block:
 
 
 @lru_cache(maxsize=1)
-def _parser() -> MarkdownIt:
+def _parser():
+    from markdown_it import MarkdownIt  # imported on first use: it is not needed to show the window
+
     md = MarkdownIt("commonmark", {"html": False, "breaks": True, "linkify": False, "typographer": False})
     md.enable(["table", "strikethrough"])
     md.disable("image")

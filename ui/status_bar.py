@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import html
-
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QLabel, QProgressBar, QStatusBar, QWidget
 
 from mmchat_ui import theme
@@ -12,13 +11,19 @@ ROLE_LABELS = {"llm": "Chat", "asr": "Speech", "image": "Images"}
 
 
 class _Slot:
+    """A coloured dot, a plain-text label and a progress bar for one model slot (plain text: the
+    status bar is built before the first paint, and rich text would load Qt's text engine)."""
+
     def __init__(self, bar: QStatusBar, role: str) -> None:
         self.role = role
+        self.dot = QLabel("●")
         self.label = QLabel(objectName="statusChip")
+        self.label.setTextFormat(Qt.TextFormat.PlainText)
         self.progress = QProgressBar()
         self.progress.setTextVisible(False)
         self.progress.setFixedWidth(80)
         self.progress.hide()
+        bar.addPermanentWidget(self.dot)
         bar.addPermanentWidget(self.label)
         bar.addPermanentWidget(self.progress)
         self.status = None
@@ -46,9 +51,8 @@ class ModelStatusBar(QStatusBar):
             "ready": (t.success, "ready"),
             "error": (t.danger, "failed"),
         }.get(status.state, (t.muted, status.state))
-        name = html.escape(status.model)
-        slot.label.setText(f"<span style='color:{colour}'>●</span> {ROLE_LABELS[status.role]}: {name} "
-                           f"<span style='color:{t.muted}'>({html.escape(word)})</span>")
+        slot.dot.setStyleSheet(f"color: {colour}; padding-left: 6px;")
+        slot.label.setText(f"{ROLE_LABELS[status.role]}: {status.model} ({word})")
         slot.label.setToolTip(status.detail if status.state == "error" else
                               f"{ROLE_LABELS[status.role]} model {status.model}: {word}")
         loading = status.state == "loading"
@@ -63,6 +67,7 @@ class ModelStatusBar(QStatusBar):
             untrained = status.state == "ready" and status.detail == "untrained"
             self.warning.setVisible(untrained)
             self.warning.setText("⚠ Image encoder untrained")
+            self.warning.setTextFormat(Qt.TextFormat.PlainText)
             self.warning.setToolTip("The image encoder is a seeded random initialisation: images are not really "
                                     "understood. Fetch CLIP in Settings → Models, then train the fusion "
                                     "(mmchat train-fusion).")

@@ -166,7 +166,7 @@ QTextBrowser {{ background: transparent; border: none; selection-background-colo
 QStatusBar {{ background: {t.sidebar}; border-top: 1px solid {t.border}; color: {t.muted}; }}
 QStatusBar QLabel {{ color: {t.muted}; }}
 QStatusBar::item {{ border: none; }}
-#statusChip {{ color: {t.muted}; padding: 0 6px; }}
+#statusChip {{ color: {t.muted}; padding-right: 6px; }}
 #statusWarning {{ color: {t.warning}; padding: 0 6px; }}
 QProgressBar {{ background: {t.raised}; border: none; border-radius: 3px; max-height: 6px; min-width: 70px; }}
 QProgressBar::chunk {{ background: {t.accent}; border-radius: 3px; }}
