@@ -496,3 +496,8 @@ def test_cli_writes_both_splits(tmp_path, capsys):
     assert "train: 10 samples" in out and "heldout: 2 samples" in out
     assert dataset_hash(tmp_path / "train") in out
     assert cli_main(["--out", str(tmp_path), "--images", "0", "--speech", "0", "--split", "train"]) == 1
+    assert cli_main(["--check", str(tmp_path / "heldout")]) == 0
+    assert "2 samples (2 images, 0 audio), all media readable" in capsys.readouterr().out
+    next((tmp_path / "heldout" / "images").iterdir()).unlink()
+    assert cli_main(["--check", str(tmp_path / "heldout")]) == 1
+    assert "missing file" in capsys.readouterr().err

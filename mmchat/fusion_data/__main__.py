@@ -1,4 +1,4 @@
-"""``python -m mmchat.fusion_data --out DIR --images N --speech N --seed S``."""
+"""``python -m mmchat.fusion_data --out DIR --images N --speech N --seed S`` (or ``--check DIR``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mmchat.errors import MMChatError
 from mmchat.fusion_data.dataset import SPLITS, build_dataset
-from mmchat.fusion_data.records import dataset_hash, load_samples
+from mmchat.fusion_data.records import dataset_hash, load_samples, validate_dataset
 
 HELDOUT_SHARE = 0.2  # default held-out size, as a share of the train counts
 
@@ -18,7 +18,10 @@ HELDOUT_SHARE = 0.2  # default held-out size, as a share of the train counts
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mmchat.fusion_data",
                                 description="Generate procedural image and speech data for fusion training.")
-    p.add_argument("--out", type=Path, required=True, help="directory to write <split>/ into")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", type=Path, help="directory to write <split>/ into")
+    where.add_argument("--check", type=Path, metavar="DIR",
+                       help="validate an existing dataset directory and print its hash")
     p.add_argument("--images", type=int, default=3000, help="number of images (train)")
     p.add_argument("--speech", type=int, default=1500, help="number of speech clips (train)")
     p.add_argument("--seed", type=int, default=0)
@@ -38,19 +41,33 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, int, int]]:
     return [("train", args.images, args.speech), ("heldout", held_images, held_speech)]
 
 
+def _check(directory: Path) -> None:
+    samples = validate_dataset(directory)
+    counts = {m: sum(s.modality == m for s in samples) for m in ("image", "audio")}
+    print(f"{directory}: {len(samples)} samples ({counts['image']} images, {counts['audio']} audio), "
+          f"all media readable\n  sha256 {dataset_hash(directory)}")
+
+
+def _build(args: argparse.Namespace) -> None:
+    for split, n_images, n_speech in _plan(args):
+        start = time.perf_counter()
+        path = build_dataset(args.out, split=split, n_images=n_images, n_speech=n_speech,
+                             seed=args.seed)
+        elapsed = time.perf_counter() - start
+        n = len(load_samples(path))
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        print(f"{split}: {n} samples in {path} ({size / 1e6:.1f} MB, {elapsed:.1f} s, "
+              f"{n / max(elapsed, 1e-9):.1f} samples/s)\n  sha256 {dataset_hash(path)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        for split, n_images, n_speech in _plan(args):
-            start = time.perf_counter()
-            path = build_dataset(args.out, split=split, n_images=n_images, n_speech=n_speech,
-                                 seed=args.seed)
-            elapsed = time.perf_counter() - start
-            n = len(load_samples(path))
-            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-            print(f"{split}: {n} samples in {path} ({size / 1e6:.1f} MB, {elapsed:.1f} s, "
-                  f"{n / max(elapsed, 1e-9):.1f} samples/s)\n  sha256 {dataset_hash(path)}")
+        if args.check:
+            _check(args.check)
+        else:
+            _build(args)
     except MMChatError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
