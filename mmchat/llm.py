@@ -1,0 +1,399 @@
+"""The LLM runtime: load a registry model, stream chat replies, splice media embeddings.
+
+Generation runs our own decoding loop over ``model(inputs_embeds=..., past_key_values=...)`` so that
+media rows (already projected into the LLM's embedding space) can sit between text tokens, the
+KV cache of the previous call can be reused for the common prefix, and a Stop flag is checked
+every token. Text is detokenised incrementally and never yields a broken character.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mmchat import registry
+from mmchat.cache import Progress
+from mmchat.context import MEDIA_PLACEHOLDER, count_placeholders, fit_messages
+from mmchat.errors import MMChatError
+from mmchat.llm_convert import model_dir
+
+__all__ = ["GenerationConfig", "GenerationStats", "LLM", "MEDIA_PLACEHOLDER"]
+
+log = logging.getLogger(__name__)
+
+MAX_CONTEXT_TOKENS = 8192  # cap on the prompt + reply window, for speed on CPU
+PREFILL_CHUNK_TOKENS = 512  # prompt positions per forward pass (bounds attention memory)
+FIT_ATTEMPTS = 3  # re-fits when the rendered template costs more than estimated
+# End-of-turn markers of common chat templates; used only when they are special tokens.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
+PREFERRED_DTYPE = torch.bfloat16  # halves RAM; falls back to float32 where bf16 matmul fails
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 512
+    temperature: float = 0.7  # 0 -> greedy
+    top_p: float = 0.9
+    top_k: int = 40  # 0 -> no top-k cut
+    repetition_penalty: float = 1.1  # 1.0 -> none
+    seed: int | None = None  # same seed + same prompt + same cache state -> same reply
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0 or self.temperature < 0 or self.top_k < 0:
+            raise ValueError(f"negative generation setting in {self}")
+        if not 0.0 < self.top_p <= 1.0 or self.repetition_penalty <= 0:
+            raise ValueError(f"top_p must be in (0, 1] and repetition_penalty > 0: {self}")
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    """What the last call did (for the UI's status line and benchmarks)."""
+
+    prompt_tokens: int  # prompt positions: text tokens + media rows
+    reused_tokens: int  # of those, served from the previous call's KV cache
+    generated_tokens: int
+    dropped_messages: int  # removed by context budgeting
+    prefill_seconds: float
+    decode_seconds: float
+    stop_reason: str  # "eos", "length", "context" or "stopped"
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+
+@dataclass
+class _Prompt:
+    """A prompt as pieces (1-D token ids or 2-D media rows) and one comparable key per position."""
+
+    pieces: list[torch.Tensor]
+    keys: list  # token id, or (media digest, row) for a media row
+    dropped_messages: int
+
+    @property
+    def text_ids(self) -> list[int]:
+        return [k for k in self.keys if isinstance(k, int)]
+
+
+class LLM:
+    """A loaded chat model. Use :meth:`load`; one generation at a time per instance is cheapest."""
+
+    def __init__(self, *, name: str, model, tokenizer) -> None:
+        self.name = name
+        self.model = model
+        self.tokenizer = tokenizer
+        config = model.config.get_text_config()
+        self.hidden_size: int = config.hidden_size
+        self.context_length: int = min(config.max_position_embeddings, MAX_CONTEXT_TOKENS)
+        self.dtype: torch.dtype = model.dtype
+        self.stop_ids: frozenset[int] = _stop_ids(model, tokenizer)
+        self.last_stats: GenerationStats | None = None
+        self._lock = threading.Lock()
+        self._cache = None  # the previous call's DynamicCache ...
+        self._cache_keys: list = []  # ... and the keys of the positions it holds
+
+    @classmethod
+    def load(cls, name: str | None = None, *, progress: Progress | None = None) -> LLM:
+        """Load a registry LLM (default: the registry's default), converting it once if needed."""
+        spec = registry.get(name) if name else registry.default(registry.Role.LLM)
+        if spec.role is not registry.Role.LLM:
+            raise MMChatError(f"{spec.name} is not a language model.",
+                              hint="Choose one of: " + ", ".join(m.name for m in registry.by_role(registry.Role.LLM)))
+        return cls.from_directory(model_dir(spec, progress=progress), name=spec.name)
+
+    @classmethod
+    def from_directory(cls, path: Path, *, name: str | None = None) -> LLM:
+        """Load a plain Hugging Face model directory (config, safetensors, tokenizer files)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        started = time.perf_counter()
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=_pick_dtype(), local_files_only=True)
+        log.info("loaded %s (%s) in %.1f s", path, model.dtype, time.perf_counter() - started)
+        return cls(name=name or Path(path).name, model=model.eval(), tokenizer=tokenizer)
+
+    # ----------------------------------------------------------------- tokens and embeddings
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode(self, text: str) -> torch.Tensor:
+        """Token ids of ``text`` (no special tokens added), as a 1-D int64 tensor."""
+        return torch.tensor(self.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+
+    @torch.no_grad()
+    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of ``token_ids`` (any shape) -> ``(*shape, hidden_size)``."""
+        return self.model.get_input_embeddings()(token_ids.to(torch.long))
+
+    def reset_cache(self) -> None:
+        """Forget the previous call's KV cache (frees its memory)."""
+        with self._lock:
+            self._cache, self._cache_keys = None, []
+
+    # ----------------------------------------------------------------- generation
+    def stream(self, messages: list[dict], *, config: GenerationConfig = GenerationConfig(),
+               media: Sequence[torch.Tensor] = (), stop: threading.Event | None = None) -> Iterator[str]:
+        """Yield the reply to ``messages`` in text chunks as they are decoded.
+
+        The i-th :data:`MEDIA_PLACEHOLDER` in the contents is replaced by the rows of ``media[i]``
+        (``(k, hidden_size)``, in the embedding space). Too-long chats are fitted to the window.
+        Setting ``stop`` ends generation before the next token.
+        """
+        if not messages:
+            raise ValueError("no messages to reply to")
+        media = [self._check_media(m) for m in media]
+        if count_placeholders(messages) != len(media):
+            raise ValueError(f"{count_placeholders(messages)} media placeholders but {len(media)} media tensors")
+        budget = max(self.context_length - config.max_new_tokens, self.context_length // 4)
+        prompt = self._build_prompt(messages, media, max_prompt_tokens=budget)
+        return self._run(prompt, config=config, stop=stop)
+
+    def generate(self, messages: list[dict], *, config: GenerationConfig = GenerationConfig(),
+                 media: Sequence[torch.Tensor] = (), stop: threading.Event | None = None) -> str:
+        """The whole reply as one string (see :meth:`stream`)."""
+        return "".join(self.stream(messages, config=config, media=media, stop=stop))
+
+    def _check_media(self, rows: torch.Tensor) -> torch.Tensor:
+        if rows.ndim != 2 or rows.shape[1] != self.hidden_size:
+            raise ValueError(f"media must be (k, {self.hidden_size}) tensors, got {tuple(rows.shape)}")
+        return rows.detach().to(device="cpu", dtype=self.dtype).contiguous()
+
+    def _build_prompt(self, messages: list[dict], media: list[torch.Tensor], *, max_prompt_tokens: int) -> _Prompt:
+        """Fit ``messages`` to the budget, render the chat template and tokenise around media."""
+        annotated, start = [], 0
+        for message in messages:
+            n = str(message.get("content", "")).count(MEDIA_PLACEHOLDER)
+            annotated.append({"role": message["role"], "content": str(message.get("content", "")),
+                              "media": media[start:start + n]})
+            start += n
+        budget = max_prompt_tokens
+        for _ in range(FIT_ATTEMPTS):
+            fitted = fit_messages(annotated, count_tokens=self.count_tokens, max_prompt_tokens=budget,
+                                  media_tokens=[len(m) for m in media])
+            prompt = self._tokenize(fitted, dropped=len(messages) - len(fitted))
+            overshoot = len(prompt.keys) - max_prompt_tokens
+            if overshoot <= 0:
+                break
+            budget -= overshoot  # the template cost more than estimated: ask for less
+        return prompt
+
+    def _tokenize(self, fitted: list[dict], *, dropped: int) -> _Prompt:
+        kept_media = [rows for m in fitted for rows in m["media"]]
+        chat = [{"role": m["role"], "content": m["content"]} for m in fitted]
+        text = self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        segments = text.split(MEDIA_PLACEHOLDER)
+        if len(segments) - 1 != len(kept_media):
+            raise RuntimeError(f"the chat template of {self.name} changed the number of media placeholders")
+        pieces, keys = [], []
+        for i, segment in enumerate(segments):
+            if segment:
+                ids = self.tokenizer(segment, add_special_tokens=False)["input_ids"]
+                pieces.append(torch.tensor(ids, dtype=torch.long))
+                keys.extend(ids)
+            if i < len(kept_media):
+                rows = kept_media[i]
+                digest = hashlib.blake2b(rows.view(torch.uint8).numpy().tobytes(), digest_size=16).digest()
+                pieces.append(rows)
+                keys.extend((digest, r) for r in range(len(rows)))
+        return _Prompt(pieces=pieces, keys=keys, dropped_messages=dropped)
+
+    def _run(self, prompt: _Prompt, *, config: GenerationConfig, stop: threading.Event | None) -> Iterator[str]:
+        """Prefill and decode (a generator: nothing runs until the first ``next``)."""
+        cache, reused = self._take_cache(prompt.keys)
+        keys = list(prompt.keys[:reused])  # the positions actually in ``cache``
+        state = {"generated": 0, "reason": "stopped"}
+        started = time.perf_counter()
+        prefill_s = 0.0
+        try:
+            logits = self._prefill(cache, prompt, keys, stop=stop)
+            prefill_s = time.perf_counter() - started
+            if logits is not None:
+                yield from self._decode(cache, keys, logits, prompt=prompt, config=config, stop=stop, state=state)
+        except BaseException as exc:
+            if not isinstance(exc, GeneratorExit):  # failed mid-forward: the cache may be half-updated
+                cache, keys = None, []
+            raise
+        finally:
+            self._put_cache(cache, keys)
+            total = time.perf_counter() - started
+            self.last_stats = GenerationStats(
+                prompt_tokens=len(prompt.keys), reused_tokens=reused, generated_tokens=state["generated"],
+                dropped_messages=prompt.dropped_messages, prefill_seconds=prefill_s,
+                decode_seconds=max(total - prefill_s, 0.0), stop_reason=state["reason"])
+
+    def _decode(self, cache, keys: list, logits: torch.Tensor, *, prompt: _Prompt, config: GenerationConfig,
+                stop: threading.Event | None, state: dict) -> Iterator[str]:
+        """Sample, yield text, feed the token back; ``state`` records the count and why it ended."""
+        sampler = _Sampler(config, prompt.text_ids)
+        detok = _Detokenizer(self.tokenizer)
+        room = max(self.context_length - len(prompt.keys), 1)
+        limit = min(config.max_new_tokens, room)
+        state["reason"] = "length" if limit == config.max_new_tokens else "context"
+        generated = 0
+        while generated < limit:
+            if stop is not None and stop.is_set():
+                state["reason"] = "stopped"
+                break
+            token = sampler.sample(logits)
+            if token in self.stop_ids:
+                state["reason"] = "eos"
+                break
+            generated = state["generated"] = generated + 1
+            if text := detok.push(token):
+                yield text
+            if generated < limit and not (stop is not None and stop.is_set()):
+                logits = self._forward_token(cache, token)  # the last token needs no forward pass
+                keys.append(token)
+                sampler.observe(token)
+        if text := detok.flush():
+            yield text
+
+    # ----------------------------------------------------------------- KV cache
+    def _take_cache(self, keys: list):
+        """Take the previous cache, cropped to the longest common prefix with ``keys`` (at most len-1)."""
+        from transformers import DynamicCache
+
+        with self._lock:
+            cache, cached_keys = self._cache, self._cache_keys
+            self._cache, self._cache_keys = None, []
+        common = 0
+        if cache is not None:
+            limit = min(len(cached_keys), len(keys) - 1)
+            while common < limit and cached_keys[common] == keys[common]:
+                common += 1
+            if common < len(cached_keys) and not (common > 0 and cache.is_croppable):
+                cache, common = None, 0
+            elif common < len(cached_keys):
+                cache.crop(common - len(cached_keys))
+        return (cache if cache is not None else DynamicCache(config=self.model.config)), common
+
+    def _put_cache(self, cache, keys: list) -> None:
+        with self._lock:
+            self._cache, self._cache_keys = cache, keys
+
+    @torch.inference_mode()
+    def _prefill(self, cache, prompt: _Prompt, keys: list, *, stop: threading.Event | None):
+        """Run the prompt positions not yet in ``cache``; the last position's logits, or None if stopped."""
+        embeds = self._embed_from(prompt, start=len(keys))
+        logits = None
+        for begin in range(0, len(embeds), PREFILL_CHUNK_TOKENS):
+            if stop is not None and stop.is_set():
+                return None
+            chunk = embeds[begin:begin + PREFILL_CHUNK_TOKENS]
+            out = self.model(inputs_embeds=chunk[None], past_key_values=cache, use_cache=True, logits_to_keep=1)
+            keys.extend(prompt.keys[len(keys):len(keys) + len(chunk)])
+            logits = out.logits[0, -1].float()
+        return logits
+
+    def _embed_from(self, prompt: _Prompt, *, start: int) -> torch.Tensor:
+        """Embeddings of prompt positions ``start:``, text embedded and media rows as given."""
+        rows, position = [], 0
+        embedding = self.model.get_input_embeddings()
+        for piece in prompt.pieces:
+            end = position + len(piece)
+            if end > start:
+                part = piece[max(start - position, 0):]
+                rows.append(embedding(part) if piece.ndim == 1 else part)
+            position = end
+        return torch.cat(rows).to(self.dtype)
+
+    @torch.inference_mode()
+    def _forward_token(self, cache, token: int) -> torch.Tensor:
+        out = self.model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True)
+        return out.logits[0, -1].float()
+
+
+class _Sampler:
+    """Repetition penalty, then greedy or temperature / top-k / top-p sampling."""
+
+    def __init__(self, config: GenerationConfig, prompt_ids: list[int]) -> None:
+        self.config = config
+        self.generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
+        self.seen = set(prompt_ids)
+        self.seen_ids = torch.tensor(sorted(self.seen), dtype=torch.long)
+
+    def observe(self, token: int) -> None:
+        if token not in self.seen:
+            self.seen.add(token)
+            self.seen_ids = torch.cat([self.seen_ids, torch.tensor([token])])
+
+    @torch.inference_mode()
+    def sample(self, logits: torch.Tensor) -> int:
+        c = self.config
+        if c.repetition_penalty != 1.0 and len(self.seen_ids):
+            score = logits[self.seen_ids]
+            logits[self.seen_ids] = torch.where(score < 0, score * c.repetition_penalty, score / c.repetition_penalty)
+        if c.temperature == 0:
+            return int(logits.argmax())
+        if c.top_k > 0:
+            values, indices = torch.topk(logits, min(c.top_k, logits.numel()))
+        else:
+            values, indices = torch.sort(logits, descending=True)
+        probs = torch.softmax(values / c.temperature, dim=-1)
+        if c.top_p < 1.0:
+            probs = probs * ((probs.cumsum(0) - probs) < c.top_p)  # always keeps the top token
+        choice = torch.multinomial(probs, 1, generator=self.generator)
+        return int(indices[choice])
+
+
+class _Detokenizer:
+    """Incremental detokenisation: emit text only once it decodes to whole characters.
+
+    Decodes a short window starting a step behind the read position, so tokenisers that change
+    leading spaces at the start of a decode give the same text as decoding everything at once.
+    """
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0  # window start
+        self.read = 0  # ids up to here have been emitted
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        done = self._decode(self.ids[self.prefix:self.read])
+        text = self._decode(self.ids[self.prefix:])
+        if len(text) > len(done) and not text.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return text[len(done):]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is left, without a trailing incomplete character."""
+        done = self._decode(self.ids[self.prefix:self.read])
+        text = self._decode(self.ids[self.prefix:])
+        self.prefix = self.read = len(self.ids)
+        return text[len(done):].rstrip("\ufffd")
+
+
+def _stop_ids(model, tokenizer) -> frozenset[int]:
+    """EOS ids from the generation config and tokenizer, plus special end-of-turn tokens."""
+    ids: set[int] = set()
+    eos = model.generation_config.eos_token_id
+    ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    added = tokenizer.get_added_vocab()
+    ids.update(added[t] for t in END_OF_TURN_TOKENS if t in added)
+    return frozenset(ids)
+
+
+def _pick_dtype() -> torch.dtype:
+    """bf16 when this CPU runs a bf16 matmul, else float32."""
+    try:
+        probe = torch.ones(4, 4, dtype=PREFERRED_DTYPE)
+        if torch.isfinite((probe @ probe).float()).all():
+            return PREFERRED_DTYPE
+    except RuntimeError:
+        log.warning("bf16 matmul unavailable on this CPU; using float32")
+    return torch.float32

@@ -1,0 +1,215 @@
+"""The LLM runtime against the real bundled models (offline).
+
+The default Qwen model is converted once into the user's cache (about a minute) and reused.
+The tamper test converts SmolLM2 into a temporary cache so the user's cache stays intact.
+"""
+
+import json
+import threading
+import time
+
+import pytest
+import torch
+
+from mmchat import paths
+from mmchat.errors import MMChatError
+from mmchat.llm import LLM, MEDIA_PLACEHOLDER, GenerationConfig, _Detokenizer
+
+GREEDY = GenerationConfig(temperature=0, max_new_tokens=24)
+FRANCE = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+
+
+@pytest.fixture(scope="module")
+def llm():
+    return LLM.load()
+
+
+def test_loaded_model_attributes(llm):
+    assert llm.name == "qwen2.5-coder-0.5b-instruct"
+    assert llm.hidden_size == 896
+    assert llm.dtype in (torch.bfloat16, torch.float32)
+    assert 1024 <= llm.context_length <= 8192
+    assert llm.tokenizer.convert_tokens_to_ids("<|im_end|>") in llm.stop_ids
+    assert llm.count_tokens("Hello world") == 2
+
+
+def test_greedy_answer_contains_paris(llm):
+    reply = llm.generate(FRANCE, config=GREEDY)
+    assert "Paris" in reply
+    assert llm.last_stats.stop_reason == "eos"
+
+
+def test_stream_chunks_join_to_generate(llm):
+    messages = [{"role": "user", "content": "List the first five letters of the alphabet, separated by commas."}]
+    config = GenerationConfig(temperature=0, max_new_tokens=20)
+    chunks = list(llm.stream(messages, config=config))
+    assert len(chunks) >= 5
+    assert all(chunks)
+    assert "".join(chunks) == llm.generate(messages, config=config)
+    assert "a,b,c,d,e" in "".join(chunks).lower().replace(" ", "")
+
+
+def test_greedy_matches_transformers_generate(llm):
+    messages = [{"role": "user", "content": "Name three primary colours."}]
+    config = GenerationConfig(temperature=0, max_new_tokens=20, repetition_penalty=1.1)
+    ours = llm.generate(messages, config=config)
+    ids = llm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        out = llm.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=20,
+                                 repetition_penalty=1.1)
+    theirs = llm.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    assert ours == theirs
+
+
+def test_max_new_tokens_is_respected(llm):
+    messages = [{"role": "user", "content": "Write a long story about a dragon."}]
+    chunks = list(llm.stream(messages, config=GenerationConfig(temperature=0, max_new_tokens=5)))
+    assert llm.last_stats.generated_tokens == 5
+    assert llm.last_stats.stop_reason == "length"
+    assert 1 <= len(chunks) <= 5
+
+
+def test_stop_event_stops_promptly(llm):
+    messages = [{"role": "user", "content": "Write a long story about a dragon."}]
+    stop = threading.Event()
+    stream = llm.stream(messages, config=GenerationConfig(temperature=0, max_new_tokens=200), stop=stop)
+    seen = [next(stream) for _ in range(3)]
+    stop.set()
+    started = time.perf_counter()
+    rest = list(stream)
+    assert time.perf_counter() - started < 0.5  # no further forward pass
+    assert len(rest) <= 1 and all(seen)
+    assert llm.last_stats.stop_reason == "stopped"
+    assert llm.last_stats.generated_tokens <= 6
+    stop.set()
+    assert llm.generate(messages, config=GREEDY, stop=stop) == ""  # set before start: nothing runs
+
+
+@pytest.mark.slow
+def test_conversation_longer_than_the_context_is_fitted(llm, monkeypatch):
+    monkeypatch.setattr(llm, "context_length", 640)
+    filler = "Tell me about the history of bridges and the engineering of their foundations. " * 4
+    chat = [{"role": "system", "content": "You are a helpful assistant."}]
+    for i in range(30):  # ~3,000 tokens
+        chat += [{"role": "user", "content": f"Question {i}: {filler}"},
+                 {"role": "assistant", "content": f"Answer {i}: bridges are old. " * 8}]
+    chat.append(FRANCE[0])
+    config = GenerationConfig(temperature=0, max_new_tokens=16)
+    reply = llm.generate(chat, config=config)
+    stats = llm.last_stats
+    assert "Paris" in reply
+    assert stats.dropped_messages >= 40
+    assert stats.prompt_tokens <= 640 - 16
+
+
+def test_media_rows_splice_like_the_text_they_embed(llm):
+    def ask(content, media=()):
+        messages = [{"role": "user", "content": content}]
+        return llm.generate(messages, config=GenerationConfig(temperature=0, max_new_tokens=8), media=media)
+
+    before, word, after = "Repeat after me, just the word:", " Paris", ""
+    assert llm.encode(before + word).tolist() == llm.encode(before).tolist() + llm.encode(word).tolist()
+    plain = ask(before + word + after)
+    spliced = ask(before + MEDIA_PLACEHOLDER + after, media=[llm.embed(llm.encode(word))])
+    assert "Paris" in plain
+    assert spliced == plain
+    other = ask(before + MEDIA_PLACEHOLDER + after, media=[llm.embed(llm.encode(" Berlin"))])
+    assert "Berlin" in other
+
+
+def test_placeholder_and_media_counts_must_match(llm):
+    rows = llm.embed(llm.encode(" Paris"))
+    with pytest.raises(ValueError):
+        llm.generate([{"role": "user", "content": f"a {MEDIA_PLACEHOLDER} b"}], config=GREEDY)
+    with pytest.raises(ValueError):
+        llm.stream([{"role": "user", "content": "no placeholder"}], config=GREEDY, media=[rows])
+    with pytest.raises(ValueError):
+        llm.stream([{"role": "user", "content": MEDIA_PLACEHOLDER}], config=GREEDY, media=[rows[0]])
+
+
+def test_prefix_cache_reuse_gives_the_cold_output(llm):
+    # bf16 sums depend on how positions are batched (measured: logits differ by up to 0.16 at a
+    # scale of 18 between one prefill and several), so near-ties could flip; these answers are crisp.
+    config = GenerationConfig(temperature=0, max_new_tokens=8)
+    chat = [{"role": "system", "content": "You answer with a number only."}]
+    warm, cold, suffix_costs = [], [], []
+    llm.reset_cache()
+    for question in ("What is 2 + 2?", "What is 10 + 5?", "What is 3 times 3?"):
+        chat.append({"role": "user", "content": question})
+        warm.append(llm.generate(chat, config=config))
+        suffix_costs.append(llm.last_stats.prompt_tokens - llm.last_stats.reused_tokens)
+        chat.append({"role": "assistant", "content": warm[-1]})
+    for i in range(3):
+        llm.reset_cache()
+        cold.append(llm.generate(chat[:2 + 2 * i], config=config))
+        assert llm.last_stats.reused_tokens == 0
+    assert warm == cold
+    assert ["4" in warm[0], "15" in warm[1], "9" in warm[2]] == [True] * 3
+    # Later turns only prefill the new user message and its template tokens, not the history.
+    assert all(cost <= 20 for cost in suffix_costs[1:]), suffix_costs
+
+
+def test_seeded_sampling_is_reproducible(llm):
+    messages = [{"role": "user", "content": "Say something about the sea."}]
+    config = GenerationConfig(temperature=0.9, max_new_tokens=12, seed=1234)
+    replies = []
+    for _ in range(2):
+        llm.reset_cache()  # same cache state: reused bf16 KV entries can shift near-tied draws
+        replies.append(llm.generate(messages, config=config))
+    assert replies[0] == replies[1]
+    assert "sea" in replies[0].lower() or "ocean" in replies[0].lower()
+
+
+def test_detokenizer_never_yields_partial_characters(llm):
+    text = "Grüße 🦙🧬 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 日本語の文章 ✓"
+    ids = llm.encode(text).tolist()
+    detok = _Detokenizer(llm.tokenizer)
+    chunks = [detok.push(i) for i in ids] + [detok.flush()]
+    assert "".join(chunks) == text
+    assert not any("\ufffd" in c for c in chunks)
+    assert chunks.count("") >= 3  # some characters really did span several tokens
+
+
+def test_embed_returns_the_input_embedding_rows(llm):
+    ids = llm.encode(" Paris Berlin")
+    rows = llm.embed(ids)
+    assert rows.shape == (len(ids), llm.hidden_size)
+    assert torch.equal(rows, llm.model.get_input_embeddings().weight[ids])
+
+
+def test_unknown_or_non_llm_or_missing_models_are_user_errors():
+    with pytest.raises(MMChatError):
+        LLM.load("no-such-model")
+    with pytest.raises(MMChatError, match="not a language model"):
+        LLM.load("whisper-base")
+    with pytest.raises(MMChatError, match="fetch"):
+        LLM.load("qwen2.5-1.5b-instruct")  # a hub model that was never downloaded
+
+
+@pytest.mark.slow
+def test_tampered_conversion_is_detected_and_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMCHAT_CACHE_DIR", str(tmp_path / "cache"))
+    reports = []
+    small = LLM.load("smollm2-135m-instruct", progress=lambda done, total: reports.append((done, total)))
+    assert reports and reports[-1][0] == reports[-1][1]
+    assert [d for d, _ in reports] == sorted(d for d, _ in reports)
+    first = small.generate(FRANCE, config=GREEDY)
+    assert first.strip()
+    directory = next((paths.models_dir() / "smollm2-135m-instruct").iterdir())
+    weights = directory / "model.safetensors"
+    manifest = json.loads((directory / "manifest.json").read_text())
+    with open(weights, "r+b") as f:  # flip bytes in the middle of the tensors
+        f.seek(weights.stat().st_size // 2)
+        chunk = f.read(64)
+        f.seek(-64, 1)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+    del small
+    rebuilt = LLM.load("smollm2-135m-instruct")
+    from mmchat.cache import sha256_file
+    assert sha256_file(weights) == manifest["files"]["model.safetensors"]["sha256"]
+    assert rebuilt.generate(FRANCE, config=GREEDY) == first
+    # A plain Hugging Face directory loads the same way (how downloaded hub models are read).
+    hub = paths.models_dir() / "smollm2-360m-instruct" / "hub"
+    hub.parent.mkdir(parents=True)
+    hub.symlink_to(directory, target_is_directory=True)
+    assert LLM.load("smollm2-360m-instruct").generate(FRANCE, config=GREEDY) == first
