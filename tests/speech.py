@@ -1,7 +1,8 @@
 """Shared test helpers: speech clips synthesized offline with the bundled piper voice, and WER.
 
 Import from tests as ``from speech import ...`` (pytest puts ``tests/`` on ``sys.path``). Clips are
-synthesized once per process and cached; they are 16 kHz mono float32 unless asked otherwise.
+synthesized once per process and cached; they are 16 kHz mono float32 unless asked otherwise, and
+deterministic (piper's noise off) unless ``natural=True``, so test outcomes are reproducible.
 """
 
 from __future__ import annotations
@@ -24,19 +25,21 @@ SENTENCES = {
 }
 
 
-@lru_cache(maxsize=32)
-def _synthesize_native(text: str, length_scale: float) -> tuple[np.ndarray, int]:
+@lru_cache(maxsize=64)
+def _synthesize_native(text: str, length_scale: float, natural: bool) -> tuple[np.ndarray, int]:
     from mmchat.tts import Speaker
 
     speaker = Speaker.load()
-    audio = speaker.synthesize(text, length_scale=length_scale)
+    noise = {} if natural else {"noise_scale": 0.0, "noise_w": 0.0}
+    audio = speaker.synthesize(text, length_scale=length_scale, **noise)
     audio.setflags(write=False)
     return audio, speaker.sample_rate
 
 
-def synthesize(text: str, *, length_scale: float = 1.0, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def synthesize(text: str, *, length_scale: float = 1.0, sample_rate: int = SAMPLE_RATE,
+               natural: bool = False) -> np.ndarray:
     """Speech for ``text`` as float32 mono at ``sample_rate`` (cached per process; a fresh copy)."""
-    audio, native_rate = _synthesize_native(text, length_scale)
+    audio, native_rate = _synthesize_native(text, length_scale, natural)
     if sample_rate == native_rate:
         return audio.copy()
     audio_16k = to_mono_16k(audio, native_rate)
@@ -64,10 +67,13 @@ def with_silence(audio: np.ndarray, *, before_s: float, after_s: float,
 
 
 _SPELLINGS = {"favourite": "favorite", "colour": "color", "grey": "gray", "okay": "ok"}
+_NUMBERS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+            "fifteen sixteen seventeen eighteen nineteen twenty").split()
+_SPELLINGS.update({str(i): word for i, word in enumerate(_NUMBERS)})
 
 
 def normalise(text: str) -> list[str]:
-    """Lower-case words without punctuation, British/American spellings unified."""
+    """Lower-case words without punctuation; British/American spellings and numbers 0-20 unified."""
     text = unicodedata.normalize("NFKC", text).lower().replace("’", "'")
     words = re.findall(r"[a-z0-9]+(?:'[a-z]+)?", text)
     return [_SPELLINGS.get(w, w) for w in words]
