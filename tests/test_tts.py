@@ -68,3 +68,10 @@ def test_unknown_or_wrong_voice():
 
 def test_load_is_shared(speaker):
     assert Speaker.load().voice is speaker.voice
+
+
+def test_noise_off_is_deterministic(speaker):
+    text = "Deterministic speech for tests."
+    first = speaker.synthesize(text, noise_scale=0.0, noise_w=0.0)
+    second = speaker.synthesize(text, noise_scale=0.0, noise_w=0.0)
+    assert np.array_equal(first, second)
