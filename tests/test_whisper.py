@@ -107,7 +107,7 @@ def test_encode_returns_frames_for_the_speech_present(whisper):
     assert short.ndim == 2 and short.shape[1] == 512 and short.dtype == torch.float32
     assert 0 < short.shape[0] < long.shape[0]
     assert abs(padded.shape[0] - short.shape[0]) <= 25  # silence is trimmed (0.5 s slack for padding)
-    assert torch.isfinite(long).all() and not long.requires_grad
+    assert torch.isfinite(long).all() and not long.requires_grad and not long.is_inference()
 
 
 def test_fingerprint_is_the_converted_weights_hash(whisper):
@@ -215,3 +215,29 @@ def test_ct2_reader_rejects_other_files(tmp_path):
     _write_ct2(path, {"x": np.zeros(2, dtype=np.float32)}, {}, spec="TransformerSpec")
     with pytest.raises(MMChatError, match="not a Whisper"):
         whisper_convert.dims_of(whisper_convert.CT2Model(path))
+
+
+def test_fetched_model_is_converted_from_its_hub_copy(tmp_path, monkeypatch):
+    """A downloaded CTranslate2 model (here: the base weights standing in for whisper-small)."""
+    import shutil
+
+    from mmchat import download
+
+    monkeypatch.setenv("MMCHAT_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(MMChatError, match="has not been downloaded"):
+        whisper_convert.locate_source("whisper-small")
+    base = whisper_convert.locate_source("whisper-base")
+    hub = download.hub_dir("whisper-small")
+    hub.mkdir(parents=True)
+    cache.join_parts(base.parts, hub / "model.bin", expected_sha256=base.sha256)
+    shutil.copy(base.config, hub / "config.json")
+    shutil.copy(base.tokenizer, hub / "tokenizer.json")
+    shutil.copy(base.tokenizer.with_name("vocabulary.txt"), hub / "vocabulary.txt")
+    files = {f.name: {"filename": f.name, "size": f.stat().st_size, "checksum": cache.sha256_file(f),
+                      "commit": "test"} for f in hub.iterdir()}
+    (hub / download.MANIFEST).write_text(json.dumps({"name": "whisper-small", "hub_id": "Systran/faster-whisper-small",
+                                                     "commit": "test", "files": files}))
+    source = whisper_convert.locate_source("whisper-small")
+    assert source.sha256 == base.sha256 and source.parts == (hub / "model.bin",)
+    directory = whisper_convert.converted_dir("whisper-small")
+    assert json.loads((directory / whisper_convert.DIMS_FILE).read_text())["n_audio_state"] == 512

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from mmchat import cache, registry
+from mmchat import cache
 from mmchat.audio import SAMPLE_RATE, frame_dbfs, speech_span
 from mmchat.encoders import whisper_convert
 from mmchat.encoders.whisper_model import (CHUNK_S, HOP_LENGTH, N_FRAMES, ModelDimensions, WhisperNet,
@@ -124,7 +124,7 @@ class Whisper:
     def _load(cls, name: str, *, progress: Progress | None) -> Whisper:
         from tokenizers import Tokenizer
 
-        spec = registry.get(name)
+        source = whisper_convert.locate_source(name)
         directory = whisper_convert.converted_dir(name, progress=progress)
         dims = ModelDimensions(**json.loads((directory / whisper_convert.DIMS_FILE).read_text()))
         net = WhisperNet(dims)
@@ -132,8 +132,8 @@ class Whisper:
         net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
         net.decoder.to(DECODER_DTYPE)
         net.eval().requires_grad_(False)
-        config = json.loads(spec.locate_extra("data/config.json").read_text())
-        tokenizer = Tokenizer.from_file(str(spec.locate_extra("data/tokenizer.json")))
+        config = json.loads(source.config.read_text())
+        tokenizer = Tokenizer.from_file(str(source.tokenizer))
         specials = SpecialTokens.from_tokenizer(tokenizer, config.get("lang_ids", []))
         return cls(name, net=net, tokenizer=tokenizer, specials=specials,
                    suppress=config.get("suppress_ids", []),

@@ -236,21 +236,47 @@ def _check_shapes(state: dict[str, torch.Tensor], dims: ModelDimensions) -> None
                               f"(expected {shape}); the Whisper model is not supported.")
 
 
-def converted_dir(name: str, *, progress: Progress | None = None) -> Path:
-    """The verified cache directory holding the openai-whisper checkpoint for registry ``name``."""
+@dataclass(frozen=True)
+class WhisperSource:
+    """Where a Whisper model's CTranslate2 files are: bundled packages or a fetched hub copy."""
+
+    name: str
+    parts: tuple[Path, ...]  # concatenated in order, they are model.bin
+    sha256: str  # of model.bin (the registry's, or the checksum recorded when it was fetched)
+    config: Path
+    tokenizer: Path
+
+
+def locate_source(name: str) -> WhisperSource:
+    """The source files of registry model ``name``, or :class:`MMChatError` saying how to get them."""
     spec = registry.get(name)
     if spec.role is not registry.Role.ASR or spec.source_format != "ctranslate2":
         raise MMChatError(f"{name} is not a CTranslate2 Whisper model.")
-    if not spec.bundled or not spec.sha256:
-        raise MMChatError(f"{name} is not bundled with this installation.",
-                          hint=f"Fetch it first: mmchat models fetch {name}")
-    parts = spec.locate_parts()
+    if spec.bundled:
+        return WhisperSource(name, tuple(spec.locate_parts()), spec.sha256 or "",
+                             spec.locate_extra("data/config.json"), spec.locate_extra("data/tokenizer.json"))
+    from mmchat import download
+
+    if not download.is_fetched(name):
+        raise MMChatError(f"{name} has not been downloaded.", hint=f"Fetch it first: mmchat models fetch {name}")
+    directory = download.hub_dir(name)
+    manifest = json.loads((directory / download.MANIFEST).read_text())
+    return WhisperSource(name, (directory / "model.bin",), manifest["files"]["model.bin"]["checksum"],
+                         directory / "config.json", directory / "tokenizer.json")
+
+
+def converted_dir(name: str, *, progress: Progress | None = None) -> Path:
+    """The verified cache directory holding the openai-whisper checkpoint for registry ``name``."""
+    source = locate_source(name)
 
     def build(out_dir: Path) -> None:
+        if len(source.parts) == 1:  # a fetched model.bin, verified when it was downloaded
+            convert_ct2(source.parts[0], out_dir, progress=progress)
+            return
         with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".ct2-") as tmp:
             joined = Path(tmp) / "model.bin"
-            cache.join_parts(parts, joined, expected_sha256=spec.sha256, desc=f"joining {name}")
+            cache.join_parts(source.parts, joined, expected_sha256=source.sha256, desc=f"joining {name}")
             convert_ct2(joined, out_dir, progress=progress)
 
-    conversion = cache.ConversionCache(name, spec.sha256, CONVERTER_VERSION)
+    conversion = cache.ConversionCache(name, source.sha256, CONVERTER_VERSION)
     return conversion.load_or_build(build)
