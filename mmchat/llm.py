@@ -114,8 +114,12 @@ class LLM:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         started = time.perf_counter()
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=_pick_dtype(), local_files_only=True)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=_pick_dtype(), local_files_only=True)
+        except OSError as exc:
+            raise MMChatError(f"Could not load the model in {path}: {exc}",
+                              hint="Fetch or convert it again (delete that directory first).") from exc
         log.info("loaded %s (%s) in %.1f s", path, model.dtype, time.perf_counter() - started)
         return cls(name=name or Path(path).name, model=model.eval(), tokenizer=tokenizer)
 
@@ -151,6 +155,7 @@ class LLM:
         media = [self._check_media(m) for m in media]
         if count_placeholders(messages) != len(media):
             raise ValueError(f"{count_placeholders(messages)} media placeholders but {len(media)} media tensors")
+        # The reply gets max_new_tokens of room, but the prompt always keeps a quarter of the window.
         budget = max(self.context_length - config.max_new_tokens, self.context_length // 4)
         prompt = self._build_prompt(messages, media, max_prompt_tokens=budget)
         return self._run(prompt, config=config, stop=stop)
@@ -256,6 +261,7 @@ class LLM:
             yield text
 
     # ----------------------------------------------------------------- KV cache
+    @torch.inference_mode()
     def _take_cache(self, keys: list):
         """Take the previous cache, cropped to the longest common prefix with ``keys`` (at most len-1)."""
         from transformers import DynamicCache

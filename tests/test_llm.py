@@ -89,15 +89,18 @@ def test_stop_event_stops_promptly(llm):
 def test_conversation_longer_than_the_context_is_fitted(llm, monkeypatch):
     monkeypatch.setattr(llm, "context_length", 640)
     filler = "Tell me about the history of bridges and the engineering of their foundations. " * 4
-    chat = [{"role": "system", "content": "You are a helpful assistant."}]
+    chat = [{"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": f"Remember this word:{MEDIA_PLACEHOLDER}"},
+            {"role": "assistant", "content": "OK."}]
     for i in range(30):  # ~3,000 tokens
         chat += [{"role": "user", "content": f"Question {i}: {filler}"},
                  {"role": "assistant", "content": f"Answer {i}: bridges are old. " * 8}]
-    chat.append(FRANCE[0])
+    chat.append({"role": "user", "content": f"Repeat after me, just the word:{MEDIA_PLACEHOLDER}"})
+    media = [llm.embed(llm.encode(" Berlin")), llm.embed(llm.encode(" Paris"))]
     config = GenerationConfig(temperature=0, max_new_tokens=16)
-    reply = llm.generate(chat, config=config)
+    reply = llm.generate(chat, config=config, media=media)
     stats = llm.last_stats
-    assert "Paris" in reply
+    assert "Paris" in reply and "Berlin" not in reply  # the dropped turn took its media with it
     assert stats.dropped_messages >= 40
     assert stats.prompt_tokens <= 640 - 16
 
@@ -113,6 +116,8 @@ def test_media_rows_splice_like_the_text_they_embed(llm):
     spliced = ask(before + MEDIA_PLACEHOLDER + after, media=[llm.embed(llm.encode(word))])
     assert "Paris" in plain
     assert spliced == plain
+    again = ask(before + MEDIA_PLACEHOLDER + after, media=[llm.embed(llm.encode(word))])
+    assert again == plain and llm.last_stats.reused_tokens == llm.last_stats.prompt_tokens - 1
     other = ask(before + MEDIA_PLACEHOLDER + after, media=[llm.embed(llm.encode(" Berlin"))])
     assert "Berlin" in other
 
