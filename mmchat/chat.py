@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mmchat.context import MEDIA_PLACEHOLDER
 from mmchat.engine import Engine
 from mmchat.errors import MMChatError
 from mmchat.media import MediaEncoder, MediaPart, media_encoder
@@ -172,7 +173,9 @@ class ChatSession:
                 if part.text:
                     parts.append(part.text)
                 tensors.extend(part.tensors)
-            content = "\n".join([*parts, message.content]) if parts else message.content
+            # A placeholder typed by the user is text, not a media slot.
+            text = message.content.replace(MEDIA_PLACEHOLDER, MEDIA_PLACEHOLDER.replace("|>", " |>"))
+            content = "\n".join([*parts, text]) if parts else text
             messages.append({"role": message.role, "content": content})
         return messages, tensors, notes
 
