@@ -1,9 +1,9 @@
 """The chat window with a scripted LLM: send, stream, Stop, Regenerate, Edit, conversations, safety."""
 
 import pytest
-from PySide6.QtCore import Qt
-from PySide6.QtGui import QGuiApplication
-from PySide6.QtWidgets import QApplication
+from PySide6.QtCore import QEvent, Qt
+from PySide6.QtGui import QGuiApplication, QKeyEvent
+from PySide6.QtWidgets import QAbstractItemView, QApplication, QLineEdit
 
 from mmchat.errors import MMChatError
 from mmchat.probe import Probe
@@ -269,12 +269,14 @@ def test_rename_inline_with_f2(qtbot, make_window):
     window.sidebar.list.setCurrentItem(item)
     window.sidebar.list.setFocus()
     qtbot.keyClick(window.sidebar.list, Qt.Key.Key_F2)
-    editor = QApplication.focusWidget()
-    qtbot.waitUntil(lambda: QApplication.focusWidget() is not window.sidebar.list, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: isinstance(QApplication.focusWidget(), QLineEdit)
+                    and QApplication.focusWidget() is not window.sidebar.search, timeout=WAIT_MS)
     editor = QApplication.focusWidget()
     editor.selectAll()
     qtbot.keyClicks(editor, "New title")
-    qtbot.keyClick(editor, Qt.Key.Key_Return)
+    window.sidebar.refresh()  # a reply ending meanwhile refreshes the list: the edit must survive it
+    assert window.sidebar.list.state() == QAbstractItemView.State.EditingState
+    QApplication.sendEvent(editor, QKeyEvent(QEvent.Type.KeyPress, Qt.Key.Key_Return, Qt.KeyboardModifier.NoModifier))
     qtbot.waitUntil(lambda: window.sidebar.titles() == ["New title"], timeout=WAIT_MS)
     assert window.store.get_conversation(window.controller.current.conversation_id).title == "New title"
 

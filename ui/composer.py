@@ -248,8 +248,23 @@ class Composer(QFrame):
             return
         self._loading += 1
         self._update_buttons()
+        pending = [True]
+
+        def settle() -> None:  # once per image, as soon as its outcome is known
+            if pending.pop() if pending else False:
+                self._loading -= 1
+                self._update_buttons()
+
+        def loaded(image: PendingImage) -> None:
+            settle()
+            self._image_loaded(image)
+
+        def failed(text: str) -> None:
+            settle()
+            self.show_error(text)
+
         self.runner.start(Task("load-image", lambda emit, stop: _load(source, name)),
-                          succeeded=self._image_loaded, failed=self.show_error, finished=self._load_finished)
+                          succeeded=loaded, failed=failed, finished=settle)
 
     def _image_loaded(self, pending: PendingImage) -> None:
         self._images.append(pending)
@@ -259,10 +274,6 @@ class Composer(QFrame):
         self._thumbs.append(thumb)
         self.attachment_row.insertWidget(self.attachment_row.count() - 1, thumb)
         self._refresh_attachments()
-
-    def _load_finished(self) -> None:
-        self._loading -= 1
-        self._update_buttons()
 
     def _remove_thumb(self, thumb: PendingThumbnail) -> None:
         index = self._thumbs.index(thumb)

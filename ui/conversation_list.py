@@ -8,7 +8,8 @@ from datetime import datetime, timedelta
 from PySide6.QtCore import QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QColor, QFont, QKeySequence
 from PySide6.QtWidgets import (QAbstractItemView, QFrame, QHBoxLayout, QLabel, QLineEdit, QListWidget,
-                               QListWidgetItem, QMenu, QPushButton, QToolButton, QVBoxLayout, QWidget)
+                               QListWidgetItem, QMenu, QPushButton, QStyledItemDelegate, QToolButton, QVBoxLayout,
+                               QWidget)
 
 from mmchat.store import ConversationStore
 from mmchat_ui import icons, theme
@@ -84,6 +85,10 @@ class ConversationList(QFrame):
         self.list.itemClicked.connect(self._clicked)
         self.list.currentItemChanged.connect(self._current_changed)
         self.list.itemChanged.connect(self._renamed)
+        delegate = QStyledItemDelegate(self.list)
+        delegate.closeEditor.connect(self._editor_closed, Qt.ConnectionType.QueuedConnection)
+        self.list.setItemDelegate(delegate)
+        self._refresh_pending = False
         layout.addWidget(self.list, 1)
         self.empty_label = QLabel("No conversations yet", objectName="noticeLabel")
         self.empty_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -140,7 +145,12 @@ class ConversationList(QFrame):
         self.refresh()
 
     def refresh(self) -> None:
-        """Re-read the list from the store (after a send, rename, delete, or a search change)."""
+        """Re-read the list from the store (after a send, rename, delete, or a search change).
+        While a title is being edited in place the refresh waits, so the edit is not thrown away."""
+        if self.list.state() == QAbstractItemView.State.EditingState:
+            self._refresh_pending = True
+            return
+        self._refresh_pending = False
         query = self.search.text().strip()
         # A conversation with no messages yet (a send that failed) is not worth a row.
         conversations = [c for c in self.store.list_conversations(search=query or None) if c.message_count]
@@ -219,6 +229,10 @@ class ConversationList(QFrame):
         item = self.list.currentItem()
         if item is not None and item.data(ID_ROLE) is not None:
             self.list.editItem(item)
+
+    def _editor_closed(self, *_args) -> None:
+        if self._refresh_pending:
+            self.refresh()
 
     def _renamed(self, item: QListWidgetItem) -> None:
         if self._refreshing or item.data(ID_ROLE) is None:

@@ -14,6 +14,7 @@ from PySide6.QtGui import QIcon, QIconEngine, QImage, QPainter, QPixmap
 from PySide6.QtSvg import QSvgRenderer
 
 DISABLED_OPACITY = 0.4
+PIXMAP_CACHE_ITEMS = 16  # per icon: a few sizes × normal/disabled × pixel ratios
 
 _PATHS = {
     "plus": '<path d="M12 5v14M5 12h14"/>',
@@ -67,6 +68,7 @@ class _SvgIconEngine(QIconEngine):
         super().__init__()
         self._data = data
         self._renderer = QSvgRenderer(QByteArray(data))
+        self._pixmaps: dict[tuple, QPixmap] = {}  # rendered once per size, mode and pixel ratio
 
     def paint(self, painter: QPainter, rect: QRect, mode: QIcon.Mode, state: QIcon.State) -> None:
         painter.save()
@@ -85,8 +87,13 @@ class _SvgIconEngine(QIconEngine):
         return QPixmap.fromImage(image)
 
     def scaledPixmap(self, size: QSize, mode: QIcon.Mode, state: QIcon.State, scale: float) -> QPixmap:
-        pixmap = self.pixmap(size * scale, mode, state)
-        pixmap.setDevicePixelRatio(scale)
+        key = (size.width(), size.height(), mode, state, scale)
+        pixmap = self._pixmaps.get(key)
+        if pixmap is None:
+            pixmap = self.pixmap(size * scale, mode, state)
+            pixmap.setDevicePixelRatio(scale)
+            if len(self._pixmaps) < PIXMAP_CACHE_ITEMS:
+                self._pixmaps[key] = pixmap
         return pixmap
 
     def clone(self) -> QIconEngine:

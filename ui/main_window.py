@@ -11,7 +11,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from PySide6.QtCore import QEvent, QObject, QSize, Qt, QTimer, Signal
+from PySide6.QtCore import QObject, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication, QImage, QKeySequence, QShortcut
 from PySide6.QtWidgets import (QApplication, QFrame, QHBoxLayout, QLabel, QMainWindow, QMessageBox,
                                QSplitter, QToolButton, QVBoxLayout, QWidget)
@@ -20,7 +20,7 @@ from mmchat import settings as settings_mod
 from mmchat.errors import MMChatError
 from mmchat.settings import Settings
 from mmchat.store import ConversationStore
-from mmchat_ui import icons, theme
+from mmchat_ui import icons, markdown, theme
 from mmchat_ui.chat_controller import ChatController, Job
 from mmchat_ui.chat_view import AssistantMessage, ChatView, PromptEdit
 from mmchat_ui.composer import Composer, Draft
@@ -116,7 +116,6 @@ class MainWindow(QMainWindow):
         self._shortcuts()
         if theme_manager is not None:
             theme_manager.changed.connect(self.apply_theme)
-        QApplication.instance().installEventFilter(self)
         self._set_engine(services.make_engine(settings))
         self.new_chat(temporary=settings.temporary_by_default)
         self.resize(1180, 780)
@@ -247,11 +246,21 @@ class MainWindow(QMainWindow):
         if self.services.load_models:
             self.load_models()
         self.probe_audio()
+        self.runner.start(Task("warm-up", lambda emit, stop: markdown.warm_up()), succeeded=self._warm_up_widgets)
+
+    def _warm_up_widgets(self, _result=None) -> None:
+        """Build one rendered message off screen once, so Qt's text engine is initialised before
+        the first reply streams in (a one-time ~70 ms, now rather than mid-reply)."""
+        from mmchat_ui.rich_text import MarkdownView
+
+        MarkdownView("*warm* `up`\n\n```python\nx = 1\n```").deleteLater()
 
     def load_models(self) -> None:
         engine = self.engine
 
         def work(emit, stop):
+            import mmchat.chat  # noqa: F401  (now, not on the first send: it imports torch)
+
             for _role, attribute in MODEL_ROLES:
                 if stop.is_set():
                     return
@@ -335,6 +344,7 @@ class MainWindow(QMainWindow):
             return
         self.read_aloud.stop()
         self.chat.remove(last)
+        self._reply_text = ""
         self._start_reply()
         self.controller.regenerate()
 
@@ -349,20 +359,20 @@ class MainWindow(QMainWindow):
         self.controller.stop()
 
     def _start_reply(self) -> None:
-        self._reply_text = ""
         self._reply = self.chat.begin_reply()
+        if self._reply_text:
+            self._reply.set_text(self._reply_text)
 
     def _on_chat_event(self, job: Job, event) -> None:
         visible = job.ref is self.controller.current
         if event.kind == "user":
-            self.sidebar.refresh()
             if visible:
                 if job.kind == "edit":
                     self.chat.truncate_from(job.edit_id)
                 self.chat.add_user(event.message)
                 self._start_reply()
-                self.sidebar.set_current(job.ref.conversation_id)
-                self._update_header()
+            # The sidebar and title in a later turn of the event loop: small slices keep it responsive.
+            QTimer.singleShot(0, self, lambda: self._after_user_message(job))
         elif event.kind == "notice" and visible:
             self.chat.add_notice(event.text, before=self._reply)
         elif event.kind == "token":
@@ -379,9 +389,17 @@ class MainWindow(QMainWindow):
             if self.settings.read_aloud and message is not None and message.status == "complete" and event.text:
                 self.speak(event.text)
 
+    def _after_user_message(self, job: Job) -> None:
+        if self._closing:
+            return
+        self.sidebar.refresh()
+        if job.ref is self.controller.current:
+            self.sidebar.set_current(job.ref.conversation_id)
+            self._update_header()
+
     def _render_reply(self) -> None:
-        if self._reply is not None and self.controller.job is not None \
-                and self.controller.job.ref is self.controller.current:
+        job = self.controller.job
+        if self._reply is not None and job is not None and job.ref is self.controller.current:
             self._reply.set_text(self._reply_text)
 
     def _on_chat_failed(self, job: Job, text: str) -> None:
@@ -393,13 +411,16 @@ class MainWindow(QMainWindow):
                 self.chat.remove(self._reply)
                 self._reply = None
             return
-        if visible and self._reply is not None:
+        if not visible:
+            self.show_status_message(text)
+        elif self._reply_text and self._reply is not None:  # keep what was said, with the error under it
             self.chat.finish_reply(self._reply, None, text=self._reply_text, error=text)
             self._reply = None
-        elif visible:
-            self.chat.add_notice(text, error=True)
         else:
-            self.show_status_message(text)
+            if self._reply is not None:
+                self.chat.remove(self._reply)
+                self._reply = None
+            self.chat.add_notice(text, error=True)
 
     def _on_chat_finished(self, job: Job) -> None:
         self._render_timer.stop()
@@ -480,17 +501,22 @@ class MainWindow(QMainWindow):
         self.sidebar.search.setFocus()
         self.sidebar.search.selectAll()
 
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        kind = event.type()
-        if kind in (QEvent.Type.KeyPress, QEvent.Type.KeyRelease) and event.key() == HOLD_TO_TALK_KEY \
-                and self.isActiveWindow():
+    # Hold-to-talk: F8 reaches the window from whichever child has focus (none of them uses it).
+    def keyPressEvent(self, event) -> None:
+        if event.key() == HOLD_TO_TALK_KEY:
             if not event.isAutoRepeat():
-                if kind == QEvent.Type.KeyPress:
-                    self.voice.press()
-                else:
-                    self.voice.release()
-            return True
-        return False
+                self.voice.press()
+            event.accept()
+        else:
+            super().keyPressEvent(event)
+
+    def keyReleaseEvent(self, event) -> None:
+        if event.key() == HOLD_TO_TALK_KEY:
+            if not event.isAutoRepeat():
+                self.voice.release()
+            event.accept()
+        else:
+            super().keyReleaseEvent(event)
 
     # -- drag and drop anywhere on the window ----------------------------------------------------
     def dragEnterEvent(self, event) -> None:
@@ -613,7 +639,6 @@ class MainWindow(QMainWindow):
     def closeEvent(self, event) -> None:
         if not self._closing:
             self._closing = True
-            QApplication.instance().removeEventFilter(self)
             if self.theme_manager is not None:
                 self.theme_manager.changed.disconnect(self.apply_theme)
             self.voice.shutdown()

@@ -61,6 +61,13 @@ def render(text: str, *, pygments_style: str = "default") -> list[Block]:
     return blocks
 
 
+def warm_up() -> None:
+    """Import and build the parser and highlighter now (the app calls this in a worker after the
+    window shows, so the first reply does not pay for the imports on the GUI thread)."""
+    _parser()
+    highlight("x = 1", "python")
+
+
 def to_html(text: str) -> str:
     """The whole text as one rich-text string (code blocks inline, unhighlighted)."""
     md = _parser()

@@ -11,6 +11,7 @@ reported as ``crashed``. :meth:`TaskRunner.shutdown` stops every task and waits 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import traceback
 from collections.abc import Callable
@@ -23,6 +24,25 @@ from mmchat.errors import MMChatError
 log = logging.getLogger(__name__)
 
 MAX_THREADS = 4  # model loading, a reply, a transcription and read-aloud can overlap
+BACKGROUND_NICE = 5  # Linux nice value of pool threads (and the torch threads they start)
+
+_lowered = threading.local()
+
+
+def lower_thread_priority() -> None:
+    """Make the calling thread yield the CPU to the GUI thread (Linux: per-thread nice).
+
+    Model work saturates every core; at equal priority the GUI thread waits its turn behind torch's
+    threads and the window stutters. Threads this thread starts (torch's OpenMP pool is created by
+    the first model call, which runs in the pool) inherit the lower priority."""
+    if getattr(_lowered, "done", False) or not hasattr(os, "setpriority"):
+        return
+    _lowered.done = True
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), max(current, BACKGROUND_NICE))
+    except OSError as exc:  # not permitted here: carry on at normal priority
+        log.debug("could not lower the priority of %s: %s", threading.current_thread().name, exc)
 
 Work = Callable[[Callable[[Any], None], threading.Event], Any]  # (emit, stop) -> result
 QUEUED = Qt.ConnectionType.QueuedConnection
@@ -48,6 +68,7 @@ class Task(QRunnable):
         self.signals = TaskSignals()
 
     def run(self) -> None:
+        lower_thread_priority()
         try:
             result = self.work(self.signals.progress.emit, self.stop)
         except MMChatError as exc:

@@ -1,0 +1,147 @@
+"""End to end with the real bundled models (slow): the default LLM answers in the window, Stop,
+Edit, and the GUI stays responsive while a reply is generated and while a clip is transcribed.
+
+Responsiveness is measured on the real thing: a QTimer ticking every 10 ms on the GUI thread must
+never see a gap over 100 ms while the work runs in the pool.
+"""
+
+import time
+
+import numpy as np
+import pytest
+from PySide6.QtCore import Qt, QTimer
+
+from mmchat.settings import Settings
+from mmchat_ui.demo import demo_services
+from ui_helpers import click, fake_microphone, make_window, type_and_send, wait_reply  # noqa: F401
+
+pytestmark = [pytest.mark.gui, pytest.mark.slow]
+
+TICK_MS = 10
+MAX_STALL_S = 0.100
+REAL_WAIT_MS = 240_000  # a reply on a shared 2-core CPU
+GREEDY = Settings(temperature=0.0, seed=0, max_new_tokens=96)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """The real default engine with the LLM and Whisper loaded once for this module."""
+    import threading
+
+    import mmchat.chat  # noqa: F401  (the app's load task imports it too, before the first send)
+    from mmchat.engine import Engine
+    from mmchat_ui.workers import lower_thread_priority
+
+    real = Engine()
+
+    def load() -> None:  # in a background thread, as the app's load task does
+        lower_thread_priority()
+        real.llm
+        real.whisper
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    loader.join()
+    return real
+
+
+@pytest.fixture
+def real_window(make_window, engine):
+    def make(settings=GREEDY, **overrides):
+        return make_window(services=demo_services(make_engine=lambda _s: engine, **overrides), settings=settings)
+    return make
+
+
+class StallMeter:
+    """Ticks every 10 ms on the GUI thread and keeps the longest gap between ticks."""
+
+    def __init__(self) -> None:
+        self.gaps: list[float] = []
+        self._last = None
+        self.timer = QTimer(interval=TICK_MS)
+        self.timer.timeout.connect(self._tick)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            self.gaps.append(now - self._last)
+        self._last = now
+
+    def __enter__(self):
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.timer.stop()
+
+    @property
+    def worst(self) -> float:
+        return max(self.gaps)
+
+
+def test_real_model_answers_in_the_window_while_the_gui_stays_responsive(qtbot, real_window):
+    window = real_window()
+    qtbot.keyClicks(window.composer.edit, "What is the capital of France? Answer in one word.")
+    with StallMeter() as meter:  # from Enter on (simulated typing itself runs on the GUI thread)
+        qtbot.keyClick(window.composer.edit, Qt.Key.Key_Return)
+        reply = wait_reply(qtbot, window, timeout=REAL_WAIT_MS)
+    assert "paris" in reply.text.lower(), reply.text
+    print(f"reply: {reply.text!r}; {len(meter.gaps)} ticks, worst gap {meter.worst * 1000:.0f} ms")
+    assert len(meter.gaps) > 20
+    assert meter.worst < MAX_STALL_S
+    stored = window.store.messages(window.controller.current.conversation_id)
+    assert [m.role for m in stored] == ["user", "assistant"] and stored[1].status == "complete"
+
+
+def test_real_stop_keeps_the_partial_reply(qtbot, real_window):
+    window = real_window(Settings(temperature=0.0, seed=0, max_new_tokens=400))
+    type_and_send(qtbot, window, "Write a long story about a lighthouse keeper.")
+    qtbot.waitUntil(lambda: window.chat.last_reply() is not None and len(window.chat.last_reply().text) > 40,
+                    timeout=REAL_WAIT_MS)
+    stopped_at = time.monotonic()
+    click(qtbot, window.composer.send_button)
+    reply = wait_reply(qtbot, window, timeout=REAL_WAIT_MS)
+    print(f"stopped {time.monotonic() - stopped_at:.2f} s after Stop")
+    assert time.monotonic() - stopped_at < 10
+    assert reply.status.text() == "Stopped" and len(reply.text) > 40
+    stored = window.store.messages(window.controller.current.conversation_id)[-1]
+    assert stored.status == "stopped" and stored.content == reply.text
+
+
+def test_real_edit_and_regenerate(qtbot, real_window):
+    window = real_window()
+    type_and_send(qtbot, window, "What is the capital of France? Answer in one word.")
+    wait_reply(qtbot, window, timeout=REAL_WAIT_MS)
+    user = window.chat.messages()[0]
+    click(qtbot, user.edit_button)
+    user.edit_box.setPlainText("What is the capital of Italy? Answer in one word.")
+    click(qtbot, [b for b in user.editor.findChildren(type(window.sidebar.new_button)) if b.text() == "Send"][0])
+    reply = wait_reply(qtbot, window, timeout=REAL_WAIT_MS)
+    assert "rome" in reply.text.lower(), reply.text
+    click(qtbot, reply.regenerate_button)
+    again = wait_reply(qtbot, window, timeout=REAL_WAIT_MS)
+    assert "rome" in again.text.lower(), again.text  # greedy: the same answer again
+    assert [w.text for w in window.chat.messages()][0].startswith("What is the capital of Italy")
+    assert len(window.store.messages(window.controller.current.conversation_id)) == 2
+
+
+def test_gui_stays_responsive_while_a_clip_is_transcribed(qtbot, real_window):
+    from mmchat.tts import Speaker
+
+    speaker = Speaker.load()
+    speech = speaker.synthesize("Please describe the weather in London in two short sentences.")
+    pad = np.zeros(int(0.3 * speaker.sample_rate), np.float32)
+    clip = np.concatenate([pad, speech, pad])
+    window = real_window(make_recorder=fake_microphone(clip, samplerate=speaker.sample_rate, speed=8.0))
+    qtbot.waitUntil(lambda: window.composer.mic_button.isEnabled(), timeout=REAL_WAIT_MS)
+    qtbot.mousePress(window.composer.mic_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: window.voice.recorder.elapsed_s >= len(clip) / speaker.sample_rate, timeout=REAL_WAIT_MS)
+    with StallMeter() as meter:
+        qtbot.mouseRelease(window.composer.mic_button, Qt.MouseButton.LeftButton)
+        assert window.voice.state == "transcribing"
+        qtbot.waitUntil(lambda: window.voice.state == "idle", timeout=REAL_WAIT_MS)
+    text = window.composer.text().lower()
+    print(f"transcript: {text!r}; {len(meter.gaps)} ticks, worst gap {meter.worst * 1000:.0f} ms")
+    assert "describe" in text and "london" in text
+    assert len(meter.gaps) > 20
+    assert meter.worst < MAX_STALL_S
