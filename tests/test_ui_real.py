@@ -57,6 +57,7 @@ class StallMeter:
 
     def __init__(self) -> None:
         self.gaps: list[float] = []
+        self.ends: list[float] = []
         self._last = None
         self.timer = QTimer(interval=TICK_MS)
         self.timer.timeout.connect(self._tick)
@@ -65,7 +66,12 @@ class StallMeter:
         now = time.perf_counter()
         if self._last is not None:
             self.gaps.append(now - self._last)
+            self.ends.append(now)
         self._last = now
+
+    def worst_at(self, since: float) -> float:
+        """When the worst gap ended, in seconds after ``since``."""
+        return self.ends[self.gaps.index(self.worst)] - since
 
     def __enter__(self):
         self.timer.start()
@@ -81,12 +87,17 @@ class StallMeter:
 
 def test_real_model_answers_in_the_window_while_the_gui_stays_responsive(qtbot, real_window):
     window = real_window()
+    events = []
+    window.controller.event.connect(lambda _job, event: events.append((event.kind, time.perf_counter())))
     qtbot.keyClicks(window.composer.edit, "What is the capital of France? Answer in one word.")
     with StallMeter() as meter:  # from Enter on (simulated typing itself runs on the GUI thread)
+        started = time.perf_counter()
         qtbot.keyClick(window.composer.edit, Qt.Key.Key_Return)
         reply = wait_reply(qtbot, window, timeout=REAL_WAIT_MS)
     assert "paris" in reply.text.lower(), reply.text
-    print(f"reply: {reply.text!r}; {len(meter.gaps)} ticks, worst gap {meter.worst * 1000:.0f} ms")
+    timeline = ", ".join(f"{kind} {t - started:.2f}" for kind, t in events if kind != "token")
+    print(f"reply: {reply.text!r}; {len(meter.gaps)} ticks, worst gap {meter.worst * 1000:.0f} ms "
+          f"ending at {meter.worst_at(started):.2f} s ({timeline})")
     assert len(meter.gaps) > 20
     assert meter.worst < MAX_STALL_S
     stored = window.store.messages(window.controller.current.conversation_id)

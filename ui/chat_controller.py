@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ from mmchat_ui.workers import QUEUED, Task, TaskRunner
 log = logging.getLogger(__name__)
 
 _new_ids = itertools.count(1)
+USER_MESSAGE_YIELD_S = 0.05  # s the worker pauses after storing the user's message
 
 
 @dataclass(eq=False)
@@ -114,6 +116,10 @@ class ChatController(QObject):
             session = _session_for(ref, engine=engine, store=store, settings=settings)
             for event in turn(session, stop):
                 emit(event)
+                if event.kind == "user":
+                    # Building the prompt next is pure Python, and so is drawing the user's message:
+                    # step aside (this is a worker thread) so the window gets the GIL first.
+                    time.sleep(USER_MESSAGE_YIELD_S)
 
         job.task = Task(f"chat-{job.kind}", work)
         job.task.signals.crashed.connect(lambda _tb: self.failed.emit(

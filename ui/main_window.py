@@ -249,11 +249,17 @@ class MainWindow(QMainWindow):
         self.runner.start(Task("warm-up", lambda emit, stop: markdown.warm_up()), succeeded=self._warm_up_widgets)
 
     def _warm_up_widgets(self, _result=None) -> None:
-        """Build one rendered message off screen once, so Qt's text engine is initialised before
-        the first reply streams in (a one-time ~70 ms, now rather than mid-reply)."""
-        from mmchat_ui.rich_text import MarkdownView
+        """Build a message pair off screen once, so Qt's text engine and the message widgets are
+        initialised before the first reply streams in (a one-time ~70 ms now, not mid-reply)."""
+        from mmchat.store import Message
+        from mmchat_ui.chat_view import UserMessage
 
-        MarkdownView("*warm* `up`\n\n```python\nx = 1\n```").deleteLater()
+        user = UserMessage(Message(0, 0, "user", "warm up", 0.0))
+        reply = AssistantMessage(Message(0, 0, "assistant", "*warm* `up`\n\n```python\nx = 1\n```", 0.0))
+        for widget in (user, reply):
+            widget.ensurePolished()
+            widget.adjustSize()
+            widget.deleteLater()
 
     def load_models(self) -> None:
         engine = self.engine
