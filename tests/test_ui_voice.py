@@ -254,3 +254,37 @@ def test_real_speech_through_the_fake_microphone_is_transcribed_by_whisper(qtbot
     text = window.composer.text().lower()
     assert "capital" in text and "france" in text, text
     assert window.composer.has_voice_clip
+
+
+class RecordingOutput:
+    """An audio output that keeps what it is given (this machine has no sound card)."""
+
+    def __init__(self, sample_rate):
+        self.sample_rate = sample_rate
+        self.audio = []
+
+    def play(self, chunks, *, stop):
+        for chunk in chunks:
+            if stop.is_set():
+                return False
+            self.audio.append(np.asarray(chunk))
+        return True
+
+
+@pytest.mark.slow
+def test_read_aloud_with_the_real_piper_voice(qtbot, make_window):
+    from mmchat.tts import Speaker
+
+    outputs = []
+    window = make_window(DemoEngine(DemoLLM("The capital of France is **Paris**.")), make_speaker=Speaker.load,
+                         make_output=lambda rate: outputs.append(RecordingOutput(rate)) or outputs[-1])
+    qtbot.keyClicks(window.composer.edit, "Capital of France?")
+    qtbot.keyClick(window.composer.edit, Qt.Key.Key_Return)
+    reply = wait_reply(qtbot, window)
+    qtbot.waitUntil(lambda: window.speak_button.isEnabled(), timeout=WAIT_MS)
+    reply.speak_button.click()
+    qtbot.waitUntil(lambda: not window.read_aloud.speaking, timeout=60_000)
+    audio = np.concatenate(outputs[0].audio)
+    assert outputs[0].sample_rate == 22_050
+    seconds = len(audio) / outputs[0].sample_rate
+    assert 1.0 < seconds < 6.0 and float(np.sqrt(np.mean(audio ** 2))) > 0.02  # real speech, not silence
