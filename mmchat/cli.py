@@ -279,7 +279,7 @@ def _cmd_transcribe(args) -> int:
 class _TrainDefaults:
     """TrainConfig's defaults without importing torch for `--help`."""
 
-    steps, batch_size, lr, seed = 300, 8, 2e-3, 0
+    steps, batch_size, lr, seed = 300, 8, 5e-3, 0
 
 
 TRAIN_DEFAULTS = _TrainDefaults

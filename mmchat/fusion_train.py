@@ -43,7 +43,7 @@ IGNORE = -100  # label for positions that are not part of an answer
 class TrainConfig:
     steps: int = 300
     batch_size: int = 8
-    lr: float = 2e-3
+    lr: float = 5e-3
     weight_decay: float = 0.01
     warmup_steps: int = 15
     seed: int = 0
@@ -276,8 +276,9 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.fusion.parameters(), 1.0)
         self.optimizer.step()
         self.step += 1
-        self.losses.append(float(loss))
-        return float(loss)
+        value = loss.item()
+        self.losses.append(value)
+        return value
 
     def train(self, *, state_dir: Path | None = None, progress: Callable[[int, int], None] | None = None) -> None:
         with tqdm(total=self.config.steps, initial=self.step, desc="training fusion", unit="step",
@@ -382,7 +383,8 @@ def train_fusion(engine, *, train_dir: Path, heldout_dir: Path | None, out: Path
     data_hash = dataset_hash(train_dir)
     started = time.monotonic()
     features = encode_features(samples, data_hash=data_hash, **encoders)
-    embed_rms = float(llm.model.get_input_embeddings().weight.float().pow(2).mean().sqrt())
+    with torch.no_grad():
+        embed_rms = float(llm.model.get_input_embeddings().weight.float().pow(2).mean().sqrt())
     fusion_config = fusion_mod.FusionConfig(
         llm=llm.name, hidden_size=llm.hidden_size,
         image_fingerprint=getattr(encoders["image_encoder"], "fingerprint", ""),
