@@ -98,10 +98,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--data", type=Path, metavar="DIR", help="your own samples.jsonl dataset (default: generated)")
     train.add_argument("--heldout", type=Path, metavar="DIR", help="held-out dataset for the evaluation")
     train.add_argument("--out", type=Path, metavar="DIR", help="checkpoint folder (default: your data folder)")
-    train.add_argument("--steps", type=int, default=TRAIN_DEFAULTS.steps)
-    train.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS.batch_size)
-    train.add_argument("--lr", type=float, default=TRAIN_DEFAULTS.lr)
-    train.add_argument("--seed", type=int, default=TRAIN_DEFAULTS.seed)
+    train.add_argument("--steps", type=int, help="optimizer steps (default 300)")
+    train.add_argument("--batch-size", type=int, help="examples per step (default 8)")
+    train.add_argument("--lr", type=float, help="peak learning rate (default 5e-3)")
+    train.add_argument("--seed", type=int, default=0)
     train.add_argument("--images", type=int, default=2000, help="generated training images")
     train.add_argument("--speech", type=int, default=600, help="generated training clips")
     train.add_argument("--no-resume", action="store_true", help="start afresh even if a saved state exists")
@@ -276,15 +276,6 @@ def _cmd_transcribe(args) -> int:
 
 
 # -- fusion ------------------------------------------------------------------------------------------
-class _TrainDefaults:
-    """TrainConfig's defaults without importing torch for `--help`."""
-
-    steps, batch_size, lr, seed = 300, 8, 5e-3, 0
-
-
-TRAIN_DEFAULTS = _TrainDefaults
-
-
 def _cmd_make_fusion_data(args) -> int:
     from mmchat.fusion_data import build_dataset
 
@@ -307,7 +298,8 @@ def _cmd_train_fusion(args) -> int:
     else:
         train_dir, heldout_dir = args.data, args.heldout
     out = args.out or checkpoint_dirs(engine.model_name("llm"))[0]
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}
+    config = TrainConfig(seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     report = train_fusion(engine, train_dir=train_dir, heldout_dir=heldout_dir, out=out, config=config,
                           system_prompt=SYSTEM_PROMPT, resume=not args.no_resume)
     if "heldout" in report:
