@@ -24,6 +24,7 @@ from mmchat.errors import MMChatError
 log = logging.getLogger(__name__)
 
 MAX_THREADS = 4  # model loading, a reply, a transcription and read-aloud can overlap
+RELEASE_AFTER_MS = 1000  # a finished task object is kept this long before it may be freed
 BACKGROUND_NICE = 5  # Linux nice value of pool threads (and the torch threads they start)
 
 _lowered = threading.local()
@@ -91,7 +92,8 @@ class TaskRunner(QObject):
         super().__init__(parent)
         self.pool = QThreadPool(self)
         self.pool.setMaxThreadCount(max_threads)
-        self._tasks: set[Task] = set()
+        self._tasks: set[Task] = set()  # started and not yet released
+        self._finished: set[Task] = set()  # done, kept alive a little longer (see start)
         self._closing = False
 
     def start(self, task: Task, *, progress: Callable | None = None, succeeded: Callable | None = None,
@@ -108,17 +110,23 @@ class TaskRunner(QObject):
         s.crashed.connect(lambda text: self.crashed.emit(task.name, text), QUEUED)
         if finished is not None:
             s.finished.connect(finished, QUEUED)
-        # Drop our reference only after the finished slots have run (not from inside them).
-        s.finished.connect(lambda: QTimer.singleShot(0, lambda: self._tasks.discard(task)), QUEUED)
+        s.finished.connect(lambda: self._finished.add(task), QUEUED)
+        # Drop our reference a while after the finished slots ran: not from inside them, and not
+        # before the pool thread has returned from run() (it reads the runnable once more then).
+        s.finished.connect(lambda: QTimer.singleShot(RELEASE_AFTER_MS, self, lambda: self._release(task)), QUEUED)
         self._tasks.add(task)
         self.pool.start(task)
         return task
 
+    def _release(self, task: Task) -> None:
+        self._tasks.discard(task)
+        self._finished.discard(task)
+
     def running(self, name: str) -> list[Task]:
-        return [t for t in self._tasks if t.name == name]
+        return [t for t in self._tasks if t.name == name and t not in self._finished]
 
     def busy(self) -> bool:
-        return bool(self._tasks)
+        return bool(self._tasks - self._finished)
 
     def stop_all(self) -> None:
         for task in list(self._tasks):
