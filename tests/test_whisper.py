@@ -87,7 +87,6 @@ def test_language_detection_and_bad_language(whisper):
         whisper.transcribe(np.zeros((2, SAMPLE_RATE), dtype=np.float32))
 
 
-@pytest.mark.slow
 def test_long_audio_is_transcribed_in_windows(whisper):
     """40 s of speech: two windows, cut in a pause; words from both halves come through."""
     texts = list(SENTENCES.values()) * 2

@@ -197,16 +197,24 @@ class TextDecoder(nn.Module):
         self.blocks = nn.ModuleList(
             [ResidualAttentionBlock(n_state, n_head, cross_attention=True) for _ in range(n_layer)])
         self.ln = LayerNorm(n_state)
+        self.output_weight: Tensor | None = None  # see use_output_dtype
+
+    def use_output_dtype(self, dtype: torch.dtype) -> None:
+        """Compute logits against a copy of the (tied) token embedding in ``dtype``.
+
+        One token at a time, the vocabulary projection is a memory-bound matrix-vector product;
+        float16 halves the bytes it reads (and is the precision the weights ship in)."""
+        self.output_weight = self.token_embedding.weight.detach().to(dtype)
 
     def forward(self, tokens: Tensor, xa: Tensor, cache: KVCache) -> Tensor:
         """Logits (batch, n_new, n_vocab) for ``tokens`` following the ``cache.length`` already seen."""
         start = cache.length
         x = self.token_embedding(tokens) + self.positional_embedding[start: start + tokens.shape[-1]]
-        xa = xa.to(x.dtype)
         for layer, block in enumerate(self.blocks):
             x = block.decode(x, cache, layer, xa)
         cache.length += tokens.shape[-1]
-        return (self.ln(x) @ self.token_embedding.weight.T).float()
+        weight = self.token_embedding.weight if self.output_weight is None else self.output_weight
+        return (self.ln(x).to(weight.dtype) @ weight.T).float()
 
 
 class WhisperNet(nn.Module):
