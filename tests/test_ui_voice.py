@@ -2,7 +2,6 @@
 F8, Esc, maximum length, device failure, no microphone; and read-aloud with a fake speaker."""
 
 import threading
-from dataclasses import replace
 
 import numpy as np
 import pytest

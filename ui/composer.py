@@ -127,13 +127,11 @@ class Composer(QFrame):
         self.attachment_row.addStretch(1)
         self.attachments.hide()
         layout.addWidget(self.attachments)
-
         self.error = QLabel(objectName="inlineError")
         self.error.setWordWrap(True)
         self.error.setTextFormat(Qt.TextFormat.PlainText)
         self.error.hide()
         layout.addWidget(self.error)
-
         self.edit = ComposerEdit(objectName="promptEdit")
         self.edit.setPlaceholderText("Message mmchat — Enter to send, Shift+Enter for a new line")
         self.edit.setTabChangesFocus(True)
@@ -142,7 +140,11 @@ class Composer(QFrame):
         self.edit.textChanged.connect(self._on_text_changed)
         self.edit.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         layout.addWidget(self.edit)
+        layout.addLayout(self._build_button_row())
+        self._fit_height()
+        self._update_buttons()
 
+    def _build_button_row(self) -> QHBoxLayout:
         row = QHBoxLayout()
         row.setSpacing(4)
         self.attach_button = self._tool("paperclip", "Attach images (Ctrl+O)")
@@ -153,18 +155,7 @@ class Composer(QFrame):
         self.mic_button.released.connect(self.mic_released)
         row.addWidget(self.attach_button)
         row.addWidget(self.mic_button)
-        self.recording = QFrame(objectName="recordingBar")
-        rec_row = QHBoxLayout(self.recording)
-        rec_row.setContentsMargins(10, 2, 10, 2)
-        self.meter = LevelMeter()
-        self.elapsed = QLabel("0:00")
-        self.recording_hint = QLabel("Release to finish · Esc cancels")
-        self.recording_hint.setObjectName("messageMeta")
-        rec_row.addWidget(self.meter)
-        rec_row.addWidget(self.elapsed)
-        rec_row.addWidget(self.recording_hint)
-        self.recording.hide()
-        row.addWidget(self.recording)
+        row.addWidget(self._build_recording_bar())
         self.status = QLabel(objectName="messageMeta")
         row.addWidget(self.status)
         row.addStretch(1)
@@ -174,9 +165,22 @@ class Composer(QFrame):
         self.send_button.setCursor(Qt.CursorShape.PointingHandCursor)
         self.send_button.clicked.connect(self._send_or_stop)
         row.addWidget(self.send_button)
-        layout.addLayout(row)
-        self._fit_height()
-        self._update_buttons()
+        return row
+
+    def _build_recording_bar(self) -> QFrame:
+        """Level meter, elapsed time and a hint, shown while the mic is held."""
+        self.recording = QFrame(objectName="recordingBar")
+        row = QHBoxLayout(self.recording)
+        row.setContentsMargins(10, 2, 10, 2)
+        self.meter = LevelMeter()
+        self.elapsed = QLabel("0:00")
+        self.recording_hint = QLabel("Release to finish · Esc cancels")
+        self.recording_hint.setObjectName("messageMeta")
+        row.addWidget(self.meter)
+        row.addWidget(self.elapsed)
+        row.addWidget(self.recording_hint)
+        self.recording.hide()
+        return self.recording
 
     def _tool(self, name: str, tooltip: str) -> QToolButton:
         button = QToolButton()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication, QImage, QKeySequence, QShortcut
-from PySide6.QtWidgets import (QApplication, QFrame, QHBoxLayout, QLabel, QMainWindow, QMessageBox,
+from PySide6.QtWidgets import (QApplication, QFrame, QHBoxLayout, QLabel, QMainWindow,
                                QSplitter, QToolButton, QVBoxLayout, QWidget)
 
 from mmchat import settings as settings_mod
@@ -95,6 +95,15 @@ class MainWindow(QMainWindow):
         self._render_timer.timeout.connect(self._render_reply)
 
         self._build()
+        self._wire_controllers()
+        self._shortcuts()
+        if theme_manager is not None:
+            theme_manager.changed.connect(self.apply_theme)
+        self._set_engine(services.make_engine(settings))
+        self.new_chat(temporary=settings.temporary_by_default)
+        self.resize(1180, 780)
+
+    def _wire_controllers(self) -> None:
         self.controller = ChatController(self.runner, engine=lambda: self.engine, store=lambda: self.store,
                                          settings=lambda: self.settings, parent=self)
         self.controller.event.connect(self._on_chat_event)
@@ -113,12 +122,6 @@ class MainWindow(QMainWindow):
                                     make_output=self.services.make_output, parent=self)
         self.read_aloud.message.connect(self.show_status_message)
         self.read_aloud.speaking_changed.connect(self._on_speaking)
-        self._shortcuts()
-        if theme_manager is not None:
-            theme_manager.changed.connect(self.apply_theme)
-        self._set_engine(services.make_engine(settings))
-        self.new_chat(temporary=settings.temporary_by_default)
-        self.resize(1180, 780)
 
     # -- layout ----------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -129,15 +132,21 @@ class MainWindow(QMainWindow):
         self.sidebar.settings_requested.connect(self.open_settings)
         self.sidebar.help_requested.connect(self.show_help)
         self.sidebar.conversation_deleted.connect(self._conversation_deleted)
-        self.sidebar.conversation_restored.connect(lambda _id: None)
+        splitter = QSplitter()
+        splitter.setHandleWidth(1)
+        splitter.addWidget(self.sidebar)
+        splitter.addWidget(self._build_chat_pane())
+        splitter.setStretchFactor(1, 1)
+        splitter.setSizes([SIDEBAR_WIDTH, 900])
+        splitter.setCollapsible(1, False)
+        self.setCentralWidget(splitter)
+        self.status = ModelStatusBar()
+        self.setStatusBar(self.status)
 
-        pane = QWidget(objectName="chatPane")
-        column = QVBoxLayout(pane)
-        column.setContentsMargins(0, 0, 0, 0)
-        column.setSpacing(0)
+    def _build_header(self) -> QFrame:
         header = QFrame(objectName="chatHeader")
-        header_row = QHBoxLayout(header)
-        header_row.setContentsMargins(18, 8, 12, 8)
+        row = QHBoxLayout(header)
+        row.setContentsMargins(18, 8, 12, 8)
         self.title = QLabel("New chat", objectName="chatTitle")
         self.title.setTextFormat(Qt.TextFormat.PlainText)
         self.model_label = QLabel(objectName="messageMeta")
@@ -148,20 +157,22 @@ class MainWindow(QMainWindow):
         self.speak_button.setCheckable(True)
         self.speak_button.setChecked(self.settings.read_aloud)
         self.speak_button.toggled.connect(self._toggle_read_aloud)
-        header_row.addWidget(self.title)
-        header_row.addSpacing(8)
-        header_row.addWidget(self.model_label)
-        header_row.addStretch(1)
-        header_row.addWidget(self.speak_button)
-        header_row.addWidget(self.temporary_button)
-        column.addWidget(header)
+        row.addWidget(self.title)
+        row.addSpacing(8)
+        row.addWidget(self.model_label)
+        row.addStretch(1)
+        row.addWidget(self.speak_button)
+        row.addWidget(self.temporary_button)
+        return header
 
+    def _build_chat_pane(self) -> QWidget:
+        pane = QWidget(objectName="chatPane")
+        column = QVBoxLayout(pane)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(0)
+        column.addWidget(self._build_header())
         self.banner = Banner()
-        banner_row = QHBoxLayout()
-        banner_row.setContentsMargins(24, 8, 24, 0)
-        banner_row.addWidget(self.banner)
-        column.addLayout(banner_row)
-
+        column.addLayout(_padded(self.banner, 24, 8, 24, 0))
         self.chat = ChatView()
         self.chat.edit_submitted.connect(self.edit_message)
         self.chat.regenerate_requested.connect(self.regenerate)
@@ -169,31 +180,17 @@ class MainWindow(QMainWindow):
         self.chat.image_clicked.connect(self.show_image)
         self.chat.suggestion_chosen.connect(self._use_suggestion)
         column.addWidget(self.chat, 1)
-
         self.composer = Composer(self.runner)
         self.composer.setMaximumWidth(COMPOSER_MAX_WIDTH)
         self.composer.submitted.connect(self.send)
         self.composer.stop_requested.connect(self.stop)
         self.composer.image_clicked.connect(self.show_image)
-        composer_row = QHBoxLayout()
-        composer_row.setContentsMargins(24, 4, 24, 4)
-        composer_row.addWidget(self.composer)
-        column.addLayout(composer_row)
+        column.addLayout(_padded(self.composer, 24, 4, 24, 4))
         self.footnote = QLabel("mmchat runs offline on this computer. Replies can be wrong.", objectName="noticeLabel")
         self.footnote.setAlignment(Qt.AlignmentFlag.AlignCenter)
         column.addWidget(self.footnote)
         column.addSpacing(6)
-
-        splitter = QSplitter()
-        splitter.setHandleWidth(1)
-        splitter.addWidget(self.sidebar)
-        splitter.addWidget(pane)
-        splitter.setStretchFactor(1, 1)
-        splitter.setSizes([SIDEBAR_WIDTH, 900])
-        splitter.setCollapsible(1, False)
-        self.setCentralWidget(splitter)
-        self.status = ModelStatusBar()
-        self.setStatusBar(self.status)
+        return pane
 
     def _header_button(self, name: str, tooltip: str) -> QToolButton:
         button = QToolButton()
@@ -659,3 +656,10 @@ class MainWindow(QMainWindow):
                 log.warning("could not purge deleted conversations", exc_info=True)
             self.store.close()
         event.accept()
+
+
+def _padded(widget: QWidget, left: int, top: int, right: int, bottom: int) -> QHBoxLayout:
+    row = QHBoxLayout()
+    row.setContentsMargins(left, top, right, bottom)
+    row.addWidget(widget)
+    return row
