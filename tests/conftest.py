@@ -19,3 +19,11 @@ def data_dir(tmp_path, monkeypatch):
     path = tmp_path / "data"
     monkeypatch.setenv("MMCHAT_DATA_DIR", str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def engine():
+    """One Engine (default LLM, Whisper, CLIP) shared by every test that needs real models."""
+    from mmchat.engine import Engine
+
+    return Engine()
