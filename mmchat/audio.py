@@ -23,9 +23,10 @@ SUPPORTED = "WAV, FLAC or OGG"
 
 # Speech gate (see speech_span).
 FRAME_S = 0.02  # s, analysis frame
+SPEECH_BAND_HZ = (250.0, 4000.0)  # Hz, where voiced speech has its energy (rumble and hiss do not count)
 FLOOR_PERCENTILE = 10  # the quietest 10% of frames estimate the noise floor
-MIN_SPEECH_DBFS = -50.0  # dBFS, frame RMS below this is silence whatever the floor
-ABOVE_FLOOR_DB = 12.0  # dB, a speech frame stands this far above the noise floor
+MIN_SPEECH_DBFS = -50.0  # dBFS, a frame's speech-band level below this is silence whatever the floor
+ABOVE_FLOOR_DB = 9.0  # dB, a speech frame stands this far above the noise floor (speech at 5 dB SNR passes)
 MIN_SPEECH_S = 0.15  # s of active frames needed to count as speech (clicks do not)
 SPAN_PAD_S = 0.2  # s kept either side of the active frames
 
@@ -127,25 +128,44 @@ def _as_float(data: np.ndarray) -> np.ndarray:
     raise ValueError(f"unsupported sample type {data.dtype}")
 
 
-def frame_dbfs(audio: np.ndarray, *, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """RMS level in dBFS of consecutive ``FRAME_S`` frames (a partial last frame is dropped)."""
+def frame_dbfs(audio: np.ndarray, *, sample_rate: int = SAMPLE_RATE,
+               band_hz: tuple[float, float] | None = None) -> np.ndarray:
+    """Level in dBFS of consecutive ``FRAME_S`` frames (a partial last frame is dropped).
+
+    With ``band_hz``, only the energy between those frequencies counts (Hann-windowed FFT).
+    """
     frame = max(1, int(round(FRAME_S * sample_rate)))
     n = len(audio) // frame
     if n == 0:
         return np.zeros(0, dtype=np.float32)
-    frames = np.asarray(audio[: n * frame], dtype=np.float64).reshape(n, frame)
-    rms = np.sqrt(np.mean(frames**2, axis=1))
-    return (20.0 * np.log10(np.maximum(rms, 1e-10))).astype(np.float32)
+    frames = np.asarray(audio[: n * frame], dtype=np.float32).reshape(n, frame)
+    if band_hz is None:
+        power = np.mean(frames.astype(np.float64) ** 2, axis=1)
+    else:
+        power = np.concatenate([_band_power(frames[i: i + 4096], sample_rate, band_hz)
+                                for i in range(0, n, 4096)])
+    return (10.0 * np.log10(np.maximum(power, 1e-20))).astype(np.float32)
+
+
+def _band_power(frames: np.ndarray, sample_rate: int, band_hz: tuple[float, float]) -> np.ndarray:
+    """Mean-square of each frame's content within ``band_hz`` (Parseval, window-compensated)."""
+    size = frames.shape[1]
+    window = np.hanning(size).astype(np.float32)
+    spectrum = np.abs(np.fft.rfft(frames * window, axis=1)) ** 2
+    freqs = np.fft.rfftfreq(size, d=1.0 / sample_rate)
+    in_band = (freqs >= band_hz[0]) & (freqs <= band_hz[1])
+    return 2.0 * spectrum[:, in_band].sum(axis=1, dtype=np.float64) / (size**2 * np.mean(window**2))
 
 
 def speech_span(audio: np.ndarray, *, sample_rate: int = SAMPLE_RATE) -> tuple[int, int] | None:
     """Sample range ``[start, end)`` holding speech, padded by ``SPAN_PAD_S``; None if there is none.
 
-    A frame is active when it is louder than ``MIN_SPEECH_DBFS`` and ``ABOVE_FLOOR_DB`` above the
-    noise floor (a low percentile of all frames), so silence, near-silence and steady noise of any
-    level give None. Fewer than ``MIN_SPEECH_S`` of active frames (a click, a cough) give None too.
+    A frame is active when its speech-band level is above ``MIN_SPEECH_DBFS`` and ``ABOVE_FLOOR_DB``
+    above the noise floor (a low percentile of all frames), so silence, near-silence, rumble and
+    steady noise of any level give None. Fewer than ``MIN_SPEECH_S`` of active frames (a click)
+    give None too.
     """
-    levels = frame_dbfs(audio, sample_rate=sample_rate)
+    levels = frame_dbfs(audio, sample_rate=sample_rate, band_hz=SPEECH_BAND_HZ)
     if levels.size == 0:
         return None
     floor = float(np.percentile(levels, FLOOR_PERCENTILE))

@@ -154,3 +154,22 @@ def test_a_click_or_hum_is_not_speech():
     assert speech_span(click) is None
     hum = _tone(50, rate=SAMPLE_RATE, seconds=3.0)  # mains hum: loud but steady
     assert speech_span(hum) is None
+
+
+def test_rumble_is_not_speech_but_noisy_speech_is():
+    rng = np.random.default_rng(2)
+    walk = np.cumsum(rng.standard_normal(5 * SAMPLE_RATE))  # brown noise: wandering low rumble
+    rumble = walk - np.convolve(walk, np.ones(1600) / 1600, mode="same")
+    for level_dbfs in (-40.0, -20.0, -6.0):
+        assert speech_span((rumble / rumble.std() * 10 ** (level_dbfs / 20)).astype(np.float32)) is None
+    speech = with_silence(0.3 * clip("milk"), before_s=1.0, after_s=1.0)
+    speech_power = float(np.mean((0.3 * clip("milk")) ** 2))
+    noise = rng.standard_normal(len(speech)) * np.sqrt(speech_power / 10 ** (5 / 10))  # 5 dB SNR
+    assert speech_span((speech + noise).astype(np.float32)) is not None
+
+
+def test_band_levels_are_calibrated():
+    sine = _tone(1000, rate=SAMPLE_RATE)  # amplitude 0.5: -9.03 dBFS
+    assert np.allclose(audio.frame_dbfs(sine), -9.03, atol=0.01)
+    assert np.allclose(audio.frame_dbfs(sine, band_hz=(250, 4000)), -9.03, atol=0.05)
+    assert np.all(audio.frame_dbfs(sine, band_hz=(2000, 4000)) < -60)
