@@ -28,7 +28,7 @@ FLOOR_PERCENTILE = 10  # the quietest 10% of frames estimate the noise floor
 MIN_SPEECH_DBFS = -50.0  # dBFS, a frame's speech-band level below this is silence whatever the floor
 ABOVE_FLOOR_DB = 9.0  # dB, a speech frame stands this far above the noise floor (speech at 5 dB SNR passes)
 MIN_SPEECH_S = 0.15  # s of active frames needed to count as speech (clicks do not)
-SPAN_PAD_S = 0.2  # s kept either side of the active frames
+SPAN_PAD_S = 0.3  # s kept either side of the active frames (fricatives lie above the band)
 
 
 def load_audio(path: str | Path) -> np.ndarray:
