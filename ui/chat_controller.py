@@ -80,6 +80,11 @@ class ChatController(QObject):
         """The conversation was deleted (or the store replaced): drop its session."""
         self._refs.pop(conversation_id, None)
 
+    def rebuild_sessions(self) -> None:
+        """Rebuild every session before its next turn (a new fusion checkpoint was trained)."""
+        for ref in [*self._refs.values(), self.current]:
+            ref.signature = ()
+
     def forget_all(self) -> None:
         self._refs.clear()
         if not self.current.temporary:

@@ -30,6 +30,7 @@ from mmchat_ui.media_widgets import ImageViewer
 from mmchat_ui.read_aloud import ReadAloud
 from mmchat_ui.services import Services
 from mmchat_ui.status_bar import ModelStatusBar
+from mmchat_ui.training import FusionTraining
 from mmchat_ui.voice import HOLD_TO_TALK_KEY, VoiceController
 from mmchat_ui.workers import QUEUED, Task, TaskRunner
 
@@ -122,6 +123,12 @@ class MainWindow(QMainWindow):
                                     make_output=self.services.make_output, parent=self)
         self.read_aloud.message.connect(self.show_status_message)
         self.read_aloud.speaking_changed.connect(self._on_speaking)
+        self.training = FusionTraining(self.runner, train=self.services.train_fusion, parent=self)
+        self.training.progress.connect(self.status.show_training)
+        self.training.running_changed.connect(self._on_training)
+        self.training.message.connect(lambda text: self.show_status_message(text, 15_000))
+        self.training.finished.connect(lambda _report: self.controller.rebuild_sessions())
+        self.status.stop_training_requested.connect(self.training.stop)
 
     # -- layout ----------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -332,8 +339,24 @@ class MainWindow(QMainWindow):
         self.chat.set_temporary(ref.temporary)
 
     # -- sending and replies ---------------------------------------------------------------------
+    def _training_blocks_chat(self) -> bool:
+        """The LLM is being trained: a turn would race the training for it."""
+        if self.training.running:
+            self.composer.show_error("The model is busy with fusion training; stop it (status bar) to chat.")
+        return self.training.running
+
+    def _on_training(self, running: bool) -> None:
+        if not running:
+            self.status.hide_training()
+
+    def start_training(self) -> None:
+        if self.controller.busy:
+            self.show_status_message("Wait for the reply to finish, then start the training.")
+        elif self.training.start(self.engine):
+            self.status.show_training("starting", 0, 0)
+
     def send(self, draft: Draft) -> None:
-        if self.controller.busy or draft.empty:
+        if self.controller.busy or draft.empty or self._training_blocks_chat():
             return
         self.read_aloud.stop()
         self.composer.clear()
@@ -343,7 +366,7 @@ class MainWindow(QMainWindow):
 
     def regenerate(self) -> None:
         last = self.chat.last_reply()
-        if self.controller.busy or last is None or last.streaming:
+        if self.controller.busy or last is None or last.streaming or self._training_blocks_chat():
             return
         self.read_aloud.stop()
         self.chat.remove(last)
@@ -352,7 +375,7 @@ class MainWindow(QMainWindow):
         self.controller.regenerate()
 
     def edit_message(self, message_id: int, text: str) -> None:
-        if self.controller.busy:
+        if self.controller.busy or self._training_blocks_chat():
             return
         self.read_aloud.stop()
         self._reply_text = ""
@@ -559,6 +582,7 @@ class MainWindow(QMainWindow):
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.settings_accepted.connect(self._apply_settings)
         dialog.wipe_requested.connect(self.wipe_all_data)
+        dialog.train_requested.connect(self.start_training)
         dialog.show()
         self._settings_dialog = dialog
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mmchat.probe import Probe
 from mmchat.settings import Settings
+from mmchat_ui.training import train_fusion_default
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Services:
     input_devices: Callable[[], list[str]]  # microphone names for the settings dialog
     fetch_model: Callable[[str, Callable[[int, int], None]], Path]  # name, progress -> folder
     load_models: bool = True  # load every model after the window shows
+    train_fusion: Callable = train_fusion_default  # (engine, progress(phase, done, total), stop) -> report
 
 
 def _engine(settings: Settings):

@@ -50,6 +50,7 @@ def _needs_fetch(spec: registry.ModelSpec) -> bool:
 class SettingsDialog(QDialog):
     settings_accepted = Signal(object)  # Settings
     wipe_requested = Signal()
+    train_requested = Signal()
 
     def __init__(self, settings: Settings, *, services: Services, runner: TaskRunner, data_folder: Path,
                  parent: QWidget | None = None) -> None:
@@ -181,6 +182,12 @@ class SettingsDialog(QDialog):
         note.setWordWrap(True)
         note.setObjectName("messageMeta")
         form.addRow(note)
+        self.train_button = QPushButton("Train fusion now")
+        self.train_button.setToolTip("Generate training data and train the image and voice projectors for the "
+                                     "chat model (tens of minutes on a laptop CPU; progress in the status bar, "
+                                     "stoppable and resumable). Chatting waits while it runs.")
+        self.train_button.clicked.connect(self.train_requested)
+        form.addRow("Training", self.train_button)
         return page
 
     def _privacy_tab(self, s: Settings) -> QWidget:

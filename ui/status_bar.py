@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QLabel, QProgressBar, QStatusBar, QWidget
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import QLabel, QProgressBar, QStatusBar, QToolButton, QWidget
 
 from mmchat_ui import theme
 
@@ -30,13 +30,39 @@ class _Slot:
 
 
 class ModelStatusBar(QStatusBar):
+    stop_training_requested = Signal()
+
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setSizeGripEnabled(False)
+        self.training = QLabel(objectName="statusChip")
+        self.training_progress = QProgressBar()
+        self.training_progress.setTextVisible(False)
+        self.training_progress.setFixedWidth(100)
+        self.training_stop = QToolButton(text="Stop training")
+        self.training_stop.clicked.connect(self.stop_training_requested)
+        for widget in (self.training, self.training_progress, self.training_stop):
+            self.addPermanentWidget(widget)
+            widget.hide()
         self.warning = QLabel(objectName="statusWarning")
         self.warning.hide()
         self.addPermanentWidget(self.warning)
         self.slots = {role: _Slot(self, role) for role in ROLE_LABELS}
+
+    def show_training(self, phase: str, done: int, total: int) -> None:
+        """Fusion training progress (``total`` 0: unknown)."""
+        self.training.setText(f"Fusion: {phase} {done}/{total}" if total else f"Fusion: {phase}…")
+        if total:
+            self.training_progress.setRange(0, total)
+            self.training_progress.setValue(done)
+        else:
+            self.training_progress.setRange(0, 0)
+        for widget in (self.training, self.training_progress, self.training_stop):
+            widget.show()
+
+    def hide_training(self) -> None:
+        for widget in (self.training, self.training_progress, self.training_stop):
+            widget.hide()
 
     def update_status(self, status) -> None:
         """Show one :class:`mmchat.engine.SlotStatus` (called on the GUI thread)."""
