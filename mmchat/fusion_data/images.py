@@ -16,7 +16,8 @@ tokens (929 single-shape training images, per-token MLP) answered the shape of a
 right 5% of the time (it learns "green is never a circle"), against 82% with every pair in
 training; holding out one background per pair costs about 5 points on those triples. Stars
 (:data:`EXTRA_SHAPES`) are off by default: at a 10% share the same probe named them 8-16% of the
-time, and the acceptance evaluation asks about circle, square and triangle only.
+time, and the acceptance evaluation asks about circle, square and triangle only. Rotation is
+kept to ±8°: with stars off, the probe's held-out shape accuracy was 85% at ±8° and 68% at ±20°.
 """
 
 from __future__ import annotations
