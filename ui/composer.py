@@ -237,9 +237,6 @@ class Composer(QFrame):
     def add_paths(self, paths: list[Path]) -> None:
         self._add_media(paths, [])
 
-    def add_qimage(self, image: QImage, name: str = "pasted image") -> None:
-        self._start_load(image, name)
-
     def _add_media(self, paths: list, images: list) -> None:
         for path in paths:
             self._start_load(Path(path), Path(path).name)
@@ -286,9 +283,6 @@ class Composer(QFrame):
         self.attachment_row.removeWidget(thumb)
         thumb.deleteLater()
         self._refresh_attachments()
-
-    def remove_image(self, index: int) -> None:
-        self._remove_thumb(self._thumbs[index])
 
     # -- voice -----------------------------------------------------------------------------------
     def set_voice_clip(self, audio, transcript: str) -> None:

@@ -57,10 +57,6 @@ def svg(name: str, colour: str) -> bytes:
             f'stroke-width="2" stroke-linecap="round" stroke-linejoin="round">{body}</svg>').encode()
 
 
-def names() -> list[str]:
-    return sorted(_PATHS)
-
-
 class _SvgIconEngine(QIconEngine):
     """Renders the SVG at whatever size and pixel ratio Qt asks for, when it asks (nothing up front)."""
 

@@ -68,12 +68,6 @@ def warm_up() -> None:
     highlight("x = 1", "python")
 
 
-def to_html(text: str) -> str:
-    """The whole text as one rich-text string (code blocks inline, unhighlighted)."""
-    md = _parser()
-    return _qt_friendly(md.render(text))
-
-
 def highlight(code: str, language: str, *, style: str = "default") -> str:
     """``code`` as HTML spans with inline colours (escaped; newlines kept for a <pre>)."""
     if len(code) > MAX_HIGHLIGHT_CHARS:
@@ -125,7 +119,7 @@ def speakable(text: str) -> str:
     return " ".join(parts)
 
 
-def style_sheet(*, text: str, muted: str, accent: str, inline_code_bg: str, border: str, code_bg: str) -> str:
+def style_sheet(*, muted: str, accent: str, inline_code_bg: str, border: str, code_bg: str) -> str:
     """The default CSS for rendered messages (Qt supports a subset; these properties are in it)."""
     return f"""
 p {{ margin-top: 0px; margin-bottom: 8px; }}

@@ -49,7 +49,7 @@ class RichText(QTextBrowser):
 
     def apply_theme(self, t: theme.Theme) -> None:
         self.document().setDefaultStyleSheet(markdown.style_sheet(
-            text=t.text, muted=t.muted, accent=t.accent, inline_code_bg=t.inline_code_bg,
+            muted=t.muted, accent=t.accent, inline_code_bg=t.inline_code_bg,
             border=t.border, code_bg=t.code_bg))
 
     def set_rich_text(self, text: str) -> None:
@@ -213,6 +213,3 @@ class MarkdownView(QWidget):
         for widget in self._widgets:
             widget.apply_theme(t)
         self.set_markdown(self._text, force=True)
-
-    def plain_text(self) -> str:
-        return self._text

@@ -212,10 +212,6 @@ class ThemeManager(QObject):
             hints.colorSchemeChanged.connect(self._system_changed)
         self.apply(choice)
 
-    @property
-    def choice(self) -> str:
-        return self._choice
-
     def apply(self, choice: str) -> Theme:
         global _current
         self._choice = choice
