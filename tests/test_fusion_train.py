@@ -40,7 +40,9 @@ def synthetic(n_images=24, n_clips=9):
 def make_trainer(llm, steps, seed=0):
     features, examples = synthetic()
     torch.manual_seed(seed)
-    fusion = Fusion(FusionConfig(llm=llm.name, hidden_size=llm.hidden_size, embed_rms=0.05))
+    with torch.no_grad():  # start at the LLM's own embedding scale, as train_fusion does
+        rms = float(llm.model.get_input_embeddings().weight.float().pow(2).mean().sqrt())
+    fusion = Fusion(FusionConfig(llm=llm.name, hidden_size=llm.hidden_size, embed_rms=rms))
     config = TrainConfig(steps=steps, batch_size=6, lr=1e-2, warmup_steps=2, seed=seed, audio_every=3)
     return Trainer(llm, fusion, features, examples, config=config, system_prompt=SYSTEM_PROMPT), features, examples
 
