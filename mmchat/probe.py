@@ -48,11 +48,17 @@ def microphone() -> Probe:
 
 
 def qt() -> Probe:
+    # Found without importing it: the engine never loads Qt.
+    import importlib.metadata
+    import importlib.util
+
+    if importlib.util.find_spec("PySide6") is None:
+        return Probe(False, "PySide6 is not installed")
     try:
-        import PySide6
-    except ImportError as exc:
-        return Probe(False, f"PySide6 is not installed ({exc})")
-    return Probe(True, f"PySide6 {PySide6.__version__}")
+        version = importlib.metadata.version("PySide6-Essentials")
+    except importlib.metadata.PackageNotFoundError:
+        version = "(version unknown)"
+    return Probe(True, f"PySide6 {version}")
 
 
 def bf16() -> Probe:
