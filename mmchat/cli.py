@@ -119,6 +119,10 @@ def _parser() -> argparse.ArgumentParser:
     hist.add_argument("conversation", type=int, nargs="?", metavar="ID")
     hist.add_argument("--search", metavar="TEXT")
     hist.set_defaults(func=_cmd_history)
+
+    backup = sub.add_parser("backup", help="copy the conversation database to PATH (safe while mmchat runs)")
+    backup.add_argument("path", type=Path, metavar="PATH")
+    backup.set_defaults(func=_cmd_backup)
     return parser
 
 
@@ -389,10 +393,33 @@ def _cmd_doctor(args) -> int:
     return 0
 
 
-def _cmd_history(args) -> int:
+def _open_store():
+    """The conversation store; a notice (a broken file was moved aside) goes to stderr."""
     from mmchat.store import ConversationStore
 
     store = ConversationStore()
+    if store.notice:
+        print(f"mmchat: {store.notice}", file=sys.stderr)
+    return store
+
+
+def _cmd_backup(args) -> int:
+    import contextlib
+    import sqlite3
+
+    store = _open_store()
+    try:
+        target = store.backup(args.path)
+    finally:
+        store.close()
+    with contextlib.closing(sqlite3.connect(f"file:{target}?mode=ro", uri=True)) as copy:
+        count = copy.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+    print(f"backed up {store.db.path} to {target} ({count} messages)")
+    return 0
+
+
+def _cmd_history(args) -> int:
+    store = _open_store()
     if args.conversation is None:
         for c in store.list_conversations(search=args.search):
             print(f"{c.id:5}  {c.message_count:3} msgs  {c.title}")

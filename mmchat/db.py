@@ -23,6 +23,10 @@ from mmchat.errors import MMChatError
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_S = 10.0
+BACKUP_PAGES_PER_STEP = 256  # pages copied per backup step; writers may run between steps
+# SQLite primary result codes that mean the storage, not the SQL, failed (sqlite3.h).
+SQLITE_STORAGE_ERRORS = {5: "SQLITE_BUSY", 8: "SQLITE_READONLY", 10: "SQLITE_IOERR", 13: "SQLITE_FULL",
+                         14: "SQLITE_CANTOPEN"}
 # A migration takes the connection and brings the schema from version i to i + 1.
 Migration = Callable[[sqlite3.Connection], None]
 
@@ -40,22 +44,40 @@ class Database:
         except (sqlite3.DatabaseError, _NewerSchema) as exc:
             if self.path is None:
                 raise
-            moved = _move_aside(self.path, reason=exc)
-            self.notice = (f"The database {self.path} could not be used ({exc}). It was moved to {moved} "
-                           "and a new, empty one was started.")
-            log.warning(self.notice)
-            self.conn = self._open_and_migrate()
+            self.conn = self._replace_unusable(exc)
 
     @property
     def schema_version(self) -> int:
         return len(self.migrations)
 
+    def _replace_unusable(self, exc: Exception) -> sqlite3.Connection:
+        """Move the unusable file aside and start a new one; MMChatError if even that fails."""
+        try:
+            moved = _move_aside(self.path, reason=exc)
+        except OSError as move_exc:
+            raise MMChatError(f"The database {self.path} cannot be used ({exc}) and could not be moved aside "
+                              f"({move_exc}).", hint="Check that the data folder is writable.") from move_exc
+        self.notice = (f"The database {self.path} could not be used ({exc}). It was moved to {moved} "
+                       "and a new, empty one was started.")
+        log.warning(self.notice)
+        try:
+            return self._open_and_migrate()
+        except (sqlite3.Error, OSError) as new_exc:
+            raise MMChatError(f"{self.notice} But the new one could not be created either ({new_exc}).",
+                              hint="Check that the data folder is writable and the disk has free space.") from new_exc
+
+    def _connect(self, target: str) -> sqlite3.Connection:
+        return sqlite3.connect(target, timeout=BUSY_TIMEOUT_S, check_same_thread=False,
+                               isolation_level=None)  # autocommit; transactions are explicit
+
     def _open_and_migrate(self) -> sqlite3.Connection:
         target = ":memory:" if self.path is None else str(self.path)
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_S, check_same_thread=False,
-                               isolation_level=None)  # autocommit; transactions are explicit
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise MMChatError(f"Cannot create the data folder {self.path.parent}: {exc}.") from exc
+        conn = self._connect(target)
         try:
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA foreign_keys = ON")
@@ -92,17 +114,55 @@ class Database:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """``with db.transaction() as conn:`` — committed on success, rolled back on error."""
         with self._lock:
-            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise _write_error(exc) from exc
             try:
                 yield self.conn
-            except BaseException:
-                self.conn.execute("ROLLBACK")
+            except BaseException as exc:
+                _rollback(self.conn)
+                if isinstance(exc, sqlite3.OperationalError) and _is_storage_error(exc):
+                    raise _write_error(exc) from exc
                 raise
             try:
                 self.conn.execute("COMMIT")
             except sqlite3.OperationalError as exc:
-                self.conn.execute("ROLLBACK")
+                _rollback(self.conn)
                 raise _write_error(exc) from exc
+
+    def backup(self, target: Path | str) -> Path:
+        """Copy the database, consistently, to ``target`` while others may keep writing.
+
+        Uses SQLite's online backup (``sqlite3.Connection.backup``) from a separate read connection,
+        so it sees one committed state and never blocks this process's writers for long. The copy
+        is written next to ``target`` and renamed into place, then checked with ``integrity_check``."""
+        if self.path is None:
+            raise MMChatError("A temporary (in-memory) conversation store cannot be backed up.")
+        target = Path(target)
+        if target.resolve() == self.path.resolve():
+            raise MMChatError(f"The backup file {target} is the database itself; choose another path.")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            source = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+            dest = sqlite3.connect(tmp)
+            try:
+                source.backup(dest, pages=BACKUP_PAGES_PER_STEP)
+                dest.execute("PRAGMA journal_mode = DELETE")  # a single self-contained file
+                check = dest.execute("PRAGMA integrity_check").fetchone()[0]
+            finally:
+                dest.close()
+                source.close()
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"the copy failed its integrity check: {check}")
+            os.replace(tmp, target)
+        except (sqlite3.Error, OSError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise MMChatError(f"Could not back up {self.path} to {target}: {exc}.",
+                              hint="Check that the target folder exists, is writable and has free space.") from exc
+        return target
 
     def query(self, sql: str, params: Sequence | dict = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -122,6 +182,19 @@ def run_script(conn: sqlite3.Connection, script: str) -> None:
 
 class _NewerSchema(Exception):
     pass
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back if a transaction is still open (SQLite may already have rolled back on I/O errors)."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+def _is_storage_error(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return (code & 0xFF) in SQLITE_STORAGE_ERRORS
+    return any(words in str(exc) for words in ("disk is full", "disk I/O error", "readonly database"))
 
 
 def _write_error(exc: sqlite3.Error) -> MMChatError:

@@ -108,6 +108,10 @@ class ConversationStore:
     def close(self) -> None:
         self.db.close()
 
+    def backup(self, target: Path | str) -> Path:
+        """A consistent copy of every conversation in ``target`` (safe while another process writes)."""
+        return self.db.backup(target)
+
     # -- conversations -------------------------------------------------------------------------
     def create_conversation(self, title: str = DEFAULT_TITLE) -> Conversation:
         now = time.time()

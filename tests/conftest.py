@@ -13,6 +13,39 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see mmchat/__init__.py
 
 import pytest  # noqa: E402
 
+import reliability  # noqa: E402
+
+_reliability_records: list[dict] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Reliability tests (marked ``reliability``) are recorded with their case counts."""
+    recorded = item.get_closest_marker("reliability") is not None
+    if recorded:
+        reliability.begin(item.nodeid)
+    yield
+    if recorded:
+        record = reliability.end() or {"test": item.nodeid}
+        record.setdefault("cases", 1)
+        record.update(getattr(item, "_reliability_outcome", {"outcome": "not run"}))
+        _reliability_records.append(record)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if item.get_closest_marker("reliability") is None:
+        return
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        result = {"outcome": report.outcome, "seconds": round(report.duration, 2)}
+        if report.skipped and isinstance(report.longrepr, tuple):
+            result["reason"] = str(report.longrepr[2])
+        item._reliability_outcome = result
+    elif report.when == "teardown" and report.failed:
+        item._reliability_outcome = {"outcome": "failed", "reason": "teardown"}
+
 
 @pytest.fixture(autouse=True)
 def data_dir(tmp_path, monkeypatch):
@@ -35,6 +68,7 @@ _exit_status = 0
 def pytest_sessionfinish(session, exitstatus):
     global _exit_status
     _exit_status = int(exitstatus)
+    reliability.save(_reliability_records)
 
 
 @pytest.hookimpl(trylast=True)
