@@ -90,6 +90,10 @@ class Database:
             if quick != "ok":
                 raise sqlite3.DatabaseError(f"integrity check failed: {quick}")
             self._migrate(conn)
+            if self.path is not None:
+                # A read-only file opens and reads fine, then fails every write: find out now.
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                conn.execute(f"PRAGMA user_version = {int(version)}")
         except BaseException:
             conn.close()
             raise

@@ -16,13 +16,14 @@ from pathlib import Path
 
 from PySide6.QtCore import QEvent, QObject, Qt, QtMsgType, QTimer, qInstallMessageHandler
 from PySide6.QtGui import QGuiApplication
-from PySide6.QtWidgets import QApplication, QMessageBox
+from PySide6.QtWidgets import QApplication
 
 from mmchat import paths
 from mmchat import settings as settings_mod
 from mmchat.errors import MMChatError
 from mmchat.store import ConversationStore
 from mmchat_ui import icons, theme
+from mmchat_ui.crash import CrashHandler
 from mmchat_ui.main_window import MainWindow
 from mmchat_ui.services import default_services
 
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 SCREENSHOT_SIZE = (1280, 960)  # logical px
 SCREENSHOT_SETTLE_MS = 400  # let layouts and the first scroll settle before grabbing
 LOG_FILE = "mmchat.log"
-LOG_MAX_BYTES = 1_000_000
+LOG_MAX_BYTES = 1_000_000  # bytes per log file before it rotates
+LOG_BACKUPS = 3  # rotated files kept (mmchat.log.1 … .3)
 
 
 def seconds_since_launch() -> float | None:
@@ -87,53 +89,54 @@ def _application() -> QApplication:
     return app
 
 
-def _log_to_file() -> Path | None:
+def log_to_file(directory: Path | None = None) -> Path | None:
+    """Send log records to ``<data dir>/mmchat.log``, rotated at LOG_MAX_BYTES with LOG_BACKUPS old files."""
     from logging.handlers import RotatingFileHandler
 
     try:
-        path = paths.data_dir() / LOG_FILE
-        handler = RotatingFileHandler(path, maxBytes=LOG_MAX_BYTES, backupCount=1, encoding="utf-8")
+        path = (directory or paths.data_dir()) / LOG_FILE
+        handler = RotatingFileHandler(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8")
     except OSError:
         return None
-    handler.setLevel(logging.WARNING)
+    handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     return path
 
 
-def _install_crash_handler(window: MainWindow, log_path: Path | None) -> None:
-    """A bug on the GUI thread is logged in full and reported in the window; the app carries on."""
-    previous = sys.excepthook
+def _open_store(loaded) -> tuple[ConversationStore, str | None]:
+    """The user's conversation store; if it cannot be opened at all, a temporary one and why."""
+    try:
+        store = ConversationStore(loaded.settings.database_path())
+        return store, store.notice
+    except MMChatError as exc:
+        log.error("conversation database unusable: %s", exc)
+        return ConversationStore(":memory:"), (f"{exc} Conversations in this session are not saved.")
 
-    def handler(kind, value, tb) -> None:
-        if issubclass(kind, KeyboardInterrupt):
-            previous(kind, value, tb)
-            return
-        log.critical("unhandled error", exc_info=(kind, value, tb))
-        where = f" (details in {log_path})" if log_path else ""
-        try:
-            window.show_notice(f"Something went wrong: {kind.__name__}: {value}. This is a bug{where}.")
-        except RuntimeError:  # the window is gone
-            pass
 
-    sys.excepthook = handler
+def start(app: QApplication, *, services=None) -> MainWindow:
+    """Build the window from the settings and the user's data, with the crash handler installed;
+    notices (a database moved aside, damaged settings) are shown in the window's banner."""
+    loaded = settings_mod.load()
+    manager = theme.ThemeManager(app, loaded.settings.theme)
+    app.setWindowIcon(icons.icon("sparkle", theme.current().accent))
+    log_path = log_to_file()
+    store, store_notice = _open_store(loaded)
+    window = MainWindow(store=store, settings=loaded.settings, services=services or default_services(),
+                        theme_manager=manager)
+    window.crash_handler = CrashHandler(window, log_path=log_path)
+    window.crash_handler.install()
+    notices = [n for n in (store_notice, loaded.notice) if n]
+    if notices:
+        window.show_notice("\n\n".join(notices))
+    return window
 
 
 def run(*, screenshot: Path | None = None) -> int:
     app = _application()
     if screenshot is not None:
         return _screenshot(app, Path(screenshot))
-    loaded = settings_mod.load()
-    manager = theme.ThemeManager(app, loaded.settings.theme)
-    app.setWindowIcon(icons.icon("sparkle", theme.current().accent))
-    log_path = _log_to_file()
-    try:
-        store = ConversationStore(loaded.settings.database_path())
-    except MMChatError as exc:
-        QMessageBox.critical(None, "mmchat", f"The conversation database could not be opened.\n\n{exc}")
-        return 1
-    window = MainWindow(store=store, settings=loaded.settings, services=default_services(), theme_manager=manager)
-    _install_crash_handler(window, log_path)
+    window = start(app)
 
     def painted() -> None:
         elapsed = seconds_since_launch()
@@ -143,9 +146,6 @@ def run(*, screenshot: Path | None = None) -> int:
 
     _FirstPaint(window, painted)
     window.show()
-    for notice in (store.notice, loaded.notice):
-        if notice:
-            window.show_notice(notice)
     return app.exec()
 
 
