@@ -208,6 +208,7 @@ def load(directory: Path, *, llm: str, hidden_size: int, image_fingerprint: str 
     """Load a checkpoint, verifying its sha256 and that it was trained for this LLM and these encoders.
 
     A fingerprint of ``None`` skips that modality's check (its encoder is not loaded yet)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     meta = read_meta(directory)
@@ -230,7 +231,11 @@ def load(directory: Path, *, llm: str, hidden_size: int, image_fingerprint: str 
         raise MMChatError(f"The fusion weights in {directory} are missing or do not match their sha256 (corrupt or tampered).",
                           hint="Restore them (e.g. reinstall mmchat) or retrain with `mmchat train-fusion`.")
     fusion = Fusion(cfg)
-    fusion.load_state_dict({k: v.float() for k, v in load_file(weights).items()})
+    try:
+        fusion.load_state_dict({k: v.float() for k, v in load_file(weights).items()})
+    except (SafetensorError, RuntimeError, ValueError, OSError) as exc:  # matching sha256, unusable content
+        raise MMChatError(f"The fusion weights in {directory} could not be read ({exc}).",
+                          hint="Retrain with `mmchat train-fusion`.") from None
     fusion.eval()
     return fusion
 

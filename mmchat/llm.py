@@ -111,13 +111,15 @@ class LLM:
     @classmethod
     def from_directory(cls, path: Path, *, name: str | None = None) -> LLM:
         """Load a plain Hugging Face model directory (config, safetensors, tokenizer files)."""
+        from safetensors import SafetensorError
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         started = time.perf_counter()
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=_pick_dtype(), local_files_only=True)
-        except OSError as exc:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=_pick_dtype(), local_files_only=True,
+                                                         use_safetensors=True)  # never a pickled .bin
+        except (OSError, ValueError, SafetensorError) as exc:
             raise MMChatError(f"Could not load the model in {path}: {exc}",
                               hint="Fetch or convert it again (delete that directory first).") from exc
         log.info("loaded %s (%s) in %.1f s", path, model.dtype, time.perf_counter() - started)

@@ -188,7 +188,8 @@ class TransformersClipBackend:
         from transformers import CLIPModel, CLIPTokenizer
 
         try:
-            model = CLIPModel.from_pretrained(directory, local_files_only=True, dtype=torch.float32)
+            model = CLIPModel.from_pretrained(directory, local_files_only=True, dtype=torch.float32,
+                                              use_safetensors=True)  # never a pickled .bin
             processor = _pil_image_processor().from_pretrained(directory, local_files_only=True)
             tokenizer = CLIPTokenizer.from_pretrained(directory, local_files_only=True)
         except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:

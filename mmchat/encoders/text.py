@@ -52,7 +52,8 @@ class TextEmbedder:
         except Exception as exc:  # tokenizers reports a missing or malformed file as a bare Exception
             raise _broken(directory, exc) from None
         try:
-            model = AutoModel.from_pretrained(directory, local_files_only=True, dtype=torch.float32)
+            model = AutoModel.from_pretrained(directory, local_files_only=True, dtype=torch.float32,
+                                              use_safetensors=True)  # never a pickled .bin
         except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
             raise _broken(directory, exc) from None
         pad_id = tokenizer.token_to_id("[PAD]")

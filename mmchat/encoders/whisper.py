@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from mmchat import cache
@@ -134,8 +135,12 @@ class Whisper:
         directory = whisper_convert.converted_dir(name, progress=progress)
         dims = ModelDimensions(**json.loads((directory / whisper_convert.DIMS_FILE).read_text()))
         net = WhisperNet(dims)
-        state = load_file(str(directory / whisper_convert.WEIGHTS_FILE))
-        net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+        try:
+            state = load_file(str(directory / whisper_convert.WEIGHTS_FILE))
+            net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+        except (SafetensorError, RuntimeError, ValueError, OSError) as exc:
+            raise MMChatError(f"The converted speech model in {directory} could not be read ({exc}).",
+                              hint="Delete that folder; it is rebuilt on the next start.") from None
         net.decoder.use_output_dtype(LOGITS_DTYPE)
         net.eval().requires_grad_(False)
         config = json.loads(source.config.read_text())
