@@ -19,7 +19,11 @@ from mmchat.errors import MMChatError
 SAMPLE_RATE = 16_000  # Hz, what Whisper and the fusion encoder expect
 MAX_AUDIO_S = 600  # s, longest file accepted
 MAX_FILE_BYTES = 512 * 1024 * 1024  # bytes
+# bytes of float32 samples a file may decode to (10 min of 48 kHz stereo is 230 MB): a small file
+# whose header claims many channels or a high rate is refused before decoding.
+MAX_DECODED_BYTES = 512 * 1024 * 1024
 SUPPORTED = "WAV, FLAC or OGG"
+MAX_FLOAT_SAMPLE = 64.0  # full scale is 1.0; beyond +36 dB a float sample is garbage, not sound
 
 # Speech gate (see speech_span).
 FRAME_S = 0.02  # s, analysis frame
@@ -47,6 +51,9 @@ def load_audio(path: str | Path) -> np.ndarray:
     if duration_s > MAX_AUDIO_S:
         raise MMChatError(f"{path.name} is too long ({duration_s / 60:.1f} min).",
                           hint=f"The limit is {MAX_AUDIO_S // 60} minutes; trim the recording.")
+    if info.frames * max(1, info.channels) * 4 > MAX_DECODED_BYTES:
+        raise MMChatError(f"{path.name} is too large to decode ({info.channels} channels at {info.samplerate} Hz).",
+                          hint="Export it as mono or stereo at 48 kHz or less.")
     try:
         data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (RuntimeError, sf.SoundFileError) as exc:
@@ -102,16 +109,20 @@ def _check_wav_complete(path: Path, size: int) -> None:
 def to_mono_16k(data: np.ndarray, sample_rate: int) -> np.ndarray:
     """Mix ``data`` (frames,) or (frames, channels) down to mono and resample to 16 kHz float32.
 
-    Integer samples are scaled to [-1, 1]; NaN and infinities become 0.
+    Integer samples are scaled to [-1, 1]; NaN and infinities become 0; float samples are clipped
+    to ±``MAX_FLOAT_SAMPLE``.
     """
     data = _as_float(np.asarray(data))
     if data.ndim == 2:
-        data = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+        with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN from garbage floats become 0 below
+            data = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     elif data.ndim != 1:
         raise ValueError(f"expected (frames,) or (frames, channels) audio, got shape {data.shape}")
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+    # Float files can hold any value; garbage like 1e38 would overflow the resampler into NaN.
+    data = np.clip(data, -MAX_FLOAT_SAMPLE, MAX_FLOAT_SAMPLE)
     if sample_rate != SAMPLE_RATE and data.size:
         data = soxr.resample(data, sample_rate, SAMPLE_RATE, quality="HQ")
     return np.ascontiguousarray(data, dtype=np.float32)
