@@ -226,7 +226,17 @@ class Recorder:
     def _callback(self, indata, frames, time_info, status) -> None:
         if status:
             log.debug("input stream status: %s", status)
-        block = np.asarray(indata, dtype=np.float32)
+        try:
+            self._take(indata)
+        except Exception as exc:  # never raise into PortAudio's thread: report it through check()
+            log.warning("unusable input block: %r", exc)
+            with self._lock:
+                if self._error is None:
+                    self._error = MMChatError(f"The microphone sent unusable audio ({exc}).",
+                                              hint="Check the input device in Settings → Voice.")
+
+    def _take(self, indata) -> None:
+        block = np.nan_to_num(np.asarray(indata, dtype=np.float32), nan=0.0, posinf=1.0, neginf=-1.0)
         mono = block.mean(axis=1) if block.ndim == 2 else block.reshape(-1)
         with self._lock:
             self._last_callback = time.monotonic()
