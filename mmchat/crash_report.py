@@ -39,18 +39,23 @@ def versions() -> dict[str, str]:
     return found
 
 
-def format_report(kind: type[BaseException], value: BaseException, tb: TracebackType | None, *,
-                  thread: str | None = None, when: float | None = None) -> str:
+def format_report(traceback_text: str, *, thread: str | None = None, when: float | None = None) -> str:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when if when is not None else time.time()))
     lines = [f"mmchat crash report, {stamp}", f"thread: {thread or 'main'}", f"pid: {os.getpid()}", ""]
     lines += [f"{name}: {version}" for name, version in versions().items()]
-    lines += ["", "".join(traceback.format_exception(kind, value, tb)).rstrip()]
+    lines += ["", traceback_text.rstrip()]
     return "\n".join(lines) + "\n"
 
 
 def write_report(kind: type[BaseException], value: BaseException, tb: TracebackType | None, *,
                  thread: str | None = None, directory: Path | None = None) -> Path | None:
     """Write one report; returns its path, or None if it could not be written (that is logged)."""
+    text = "".join(traceback.format_exception(kind, value, tb))
+    return write_traceback(text, thread=thread, directory=directory)
+
+
+def write_traceback(traceback_text: str, *, thread: str | None = None, directory: Path | None = None) -> Path | None:
+    """:func:`write_report` for a traceback already formatted (a worker task's)."""
     try:
         directory = directory or reports_dir()
         directory.mkdir(parents=True, exist_ok=True)
@@ -61,7 +66,7 @@ def write_report(kind: type[BaseException], value: BaseException, tb: TracebackT
         while path.exists():
             path = directory / f"crash-{stamp}-{counter}.txt"
             counter += 1
-        path.write_text(format_report(kind, value, tb, thread=thread, when=now), encoding="utf-8")
+        path.write_text(format_report(traceback_text, thread=thread, when=now), encoding="utf-8")
         _prune(directory)
         return path
     except Exception:  # noqa: BLE001 - see the module docstring

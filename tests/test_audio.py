@@ -6,6 +6,7 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import reliability
 from mmchat import audio
 from mmchat.audio import SAMPLE_RATE, load_audio, speech_span, to_mono_16k
 from mmchat.errors import MMChatError
@@ -112,6 +113,7 @@ def test_limits(tmp_path, monkeypatch):
         load_audio(path)
 
 
+@pytest.mark.reliability
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=st.binary(max_size=600), riff=st.booleans())
 def test_arbitrary_bytes_never_crash(tmp_path, body, riff):
@@ -119,6 +121,7 @@ def test_arbitrary_bytes_never_crash(tmp_path, body, riff):
     header = b"RIFF" + len(body).to_bytes(4, "little") + b"WAVEfmt " if riff else b""
     path = tmp_path / "fuzz.wav"
     path.write_bytes(header + body)
+    reliability.count()
     try:
         result = load_audio(path)
     except MMChatError:

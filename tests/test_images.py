@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+import reliability
 from mmchat import images
 from mmchat.errors import MMChatError
 from mmchat.images import load_image, thumbnail, to_png_bytes
@@ -207,15 +208,18 @@ def _assert_rgb_or_refused(data: bytes) -> None:
     image.tobytes()
 
 
+@pytest.mark.reliability
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=2_048))
 def test_arbitrary_bytes(data):
     _assert_rgb_or_refused(data)
+    reliability.count()
 
 
 _SEEDS = {fmt: encode(noise((24, 16), seed=i), fmt) for i, fmt in enumerate(["PNG", "JPEG", "WEBP", "GIF", "BMP"])}
 
 
+@pytest.mark.reliability
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(fmt=st.sampled_from(sorted(_SEEDS)), cut=st.integers(0, 10_000),
        edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=8))
@@ -224,6 +228,7 @@ def test_mutated_real_images(fmt, cut, edits):
     for position, value in edits:
         data[position % len(data)] = value
     _assert_rgb_or_refused(bytes(data[: max(1, len(data) - cut % len(data))]))
+    reliability.count()
 
 
 def test_concurrent_loads_leave_warning_filters_alone():

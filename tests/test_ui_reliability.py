@@ -149,3 +149,18 @@ def test_log_file_rotates_at_1_mb_keeping_3(tmp_path):
     assert files == ["mmchat.log", "mmchat.log.1", "mmchat.log.2", "mmchat.log.3"]
     assert all((tmp_path / name).stat().st_size <= app_module.LOG_MAX_BYTES for name in files)
     assert app_module.LOG_MAX_BYTES == 1_000_000 and app_module.LOG_BACKUPS == 3
+
+
+def test_a_bug_in_a_background_task_is_reported(qtbot, make_window, data_dir):  # noqa: F811
+    from mmchat_ui.workers import Task
+
+    window = make_window()
+
+    def work(emit, stop):
+        _boom()
+
+    window.runner.start(Task("planted-task", work))
+    qtbot.waitUntil(lambda: "report was saved" in window.banner.label.text(), timeout=30_000)
+    (report,) = (data_dir / "crash-reports").glob("crash-*.txt")
+    text = report.read_text()
+    assert "thread: task planted-task" in text and "ZeroDivisionError" in text and str(report) in window.banner.label.text()

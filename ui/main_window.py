@@ -645,9 +645,13 @@ class MainWindow(QMainWindow):
         else:
             self.status.clearMessage()
 
-    def _task_crashed(self, name: str, _traceback: str) -> None:
+    def _task_crashed(self, name: str, traceback_text: str) -> None:
+        from mmchat.crash_report import write_traceback
+
+        report = write_traceback(traceback_text, thread=f"task {name}")
+        where = f"a report was saved to {report}" if report else "the details are in the log"
         if not name.startswith("chat-"):  # chat turns report their own failure in the conversation
-            self.banner.show_text(f"Something went wrong ({name}); this is a bug and the details are in the log.")
+            self.banner.show_text(f"Something went wrong ({name}); this is a bug and {where}.")
 
     def show_notice(self, text: str) -> None:
         self.banner.show_text(text)
