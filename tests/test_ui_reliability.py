@@ -164,3 +164,39 @@ def test_a_bug_in_a_background_task_is_reported(qtbot, make_window, data_dir):  
     (report,) = (data_dir / "crash-reports").glob("crash-*.txt")
     text = report.read_text()
     assert "thread: task planted-task" in text and "ZeroDivisionError" in text and str(report) in window.banner.label.text()
+
+
+class DiskFillingLLM:
+    """A demo LLM that fills the disk after its first word: the user's message is already stored,
+    the reply cannot be."""
+
+    def __init__(self, store: ConversationStore) -> None:
+        from mmchat_ui.demo import DemoLLM
+
+        self._inner = DemoLLM("A reply that will not fit on the disk. " + "More words. " * 1500)
+        self.store = store
+        self.name, self.hidden_size, self.dtype = "demo-llm", 896, None
+
+    def stream(self, messages, **kwargs):
+        for i, word in enumerate(self._inner.stream(messages, **kwargs)):
+            if i == 1:
+                pages = self.store.db.query("PRAGMA page_count")[0][0]
+                self.store.db.query(f"PRAGMA max_page_count = {pages}")
+            yield word
+
+
+def test_disk_full_while_storing_the_reply_shows_it_with_the_error(qtbot, make_window, tmp_path):  # noqa: F811
+    from ui_helpers import type_and_send
+
+    store = ConversationStore(tmp_path / "reply.sqlite3")
+    window = make_window(DemoEngine(llm=DiskFillingLLM(store)), store=store)
+    type_and_send(qtbot, window, "hello")
+    wait_idle(qtbot, window)
+    (conversation,) = store.list_conversations()
+    messages = store.messages(conversation.id)
+    assert [m.role for m in messages] == ["user"]  # the user's message is safe
+    reply = window.chat.last_reply()
+    assert reply.text.startswith("A reply that will not fit on the disk.")  # what was said stays on screen
+    assert "Could not save" in reply.status.text() and "free disk space" in reply.status.text()
+    assert window.composer.text() == ""  # the message itself was sent and stored
+    assert store.db.query("PRAGMA integrity_check")[0][0] == "ok"
