@@ -218,3 +218,26 @@ def test_pickled_npy_clip_is_refused(tmp_path, marker):
     np.save(path, np.array([Planted(marker)], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="allow_pickle"):
         read_clip(path)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "pickle-with-forged-sha256"])
+def test_chat_falls_back_to_words_with_the_reason_when_the_checkpoint_is_damaged(data_dir, marker, damage):
+    """Where the chat finds its checkpoint (<data dir>/fusion/<llm>): refused, not loaded, and the
+    reason is what the user is shown (the encoder's note); the chat goes on without fusion."""
+    from mmchat.media import checkpoint_dirs, media_encoder
+    from mmchat_ui.demo import DemoEngine
+
+    engine = DemoEngine()
+    directory = checkpoint_dirs(engine.llm.name)[0]
+    config = FusionConfig(llm=engine.llm.name, hidden_size=engine.llm.hidden_size, image_dim=24, audio_dim=16,
+                          embed_rms=0.05)
+    fusion.save(Fusion(config), directory)
+    weights = directory / fusion.WEIGHTS_FILE
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:100])
+    else:
+        weights.write_bytes(pickle.dumps(Planted(marker)))
+        _forge_sha(directory)
+    encoder = media_encoder(engine)
+    assert encoder.fusion is None
+    assert ("do not match their sha256" if damage == "truncated" else "could not be read") in encoder.reason
