@@ -201,3 +201,33 @@ def test_disk_full_while_storing_the_reply_shows_it_with_the_error(qtbot, make_w
     assert "Could not save" in reply.status.text() and "free disk space" in reply.status.text()
     assert window.composer.text() == ""  # the message itself was sent and stored
     assert store.db.query("PRAGMA integrity_check")[0][0] == "ok"
+
+
+_VOID_CALLS = """
+import sys
+{guard}
+from PySide6.QtWidgets import QApplication, QLabel
+app = QApplication([])
+label = QLabel()
+for i in range(20_000):  # calls of a Qt method that returns nothing
+    label.setText("x")
+print("survived", flush=True)
+"""
+
+
+def test_many_void_qt_calls_do_not_abort_the_app():
+    """PySide6 6.12 on CPython 3.11 drops a reference to None per void method call (measured);
+    importing mmchat_ui guards against it. The unguarded run shows whether the bug is still there."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
+    guarded = subprocess.run([sys.executable, "-c", _VOID_CALLS.format(guard="import mmchat_ui")],
+                             capture_output=True, text=True, timeout=120, env=env)
+    assert guarded.returncode == 0 and "survived" in guarded.stdout, guarded.stderr[-2000:]
+    bare = subprocess.run([sys.executable, "-c", _VOID_CALLS.format(guard="")], capture_output=True, text=True,
+                          timeout=120, env=env)
+    bug = "none_dealloc" in bare.stderr
+    reliability.note("unguarded: " + ("aborts (Fatal Python error: none_dealloc), the guard is needed" if bug
+                                      else f"exit {bare.returncode}, the binding may be fixed"))
