@@ -23,7 +23,6 @@ from mmchat.errors import MMChatError
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_S = 10.0
-BACKUP_PAGES_PER_STEP = 256  # pages copied per backup step; writers may run between steps
 # SQLite primary result codes that mean the storage, not the SQL, failed (sqlite3.h).
 SQLITE_STORAGE_ERRORS = {5: "SQLITE_BUSY", 8: "SQLITE_READONLY", 10: "SQLITE_IOERR", 13: "SQLITE_FULL",
                          14: "SQLITE_CANTOPEN"}
@@ -139,8 +138,9 @@ class Database:
         """Copy the database, consistently, to ``target`` while others may keep writing.
 
         Uses SQLite's online backup (``sqlite3.Connection.backup``) from a separate read connection,
-        so it sees one committed state and never blocks this process's writers for long. The copy
-        is written next to ``target`` and renamed into place, then checked with ``integrity_check``."""
+        in one step: in WAL mode that step reads one committed snapshot while writers carry on (in
+        several steps, any write between them would restart the copy, forever under a busy writer).
+        The copy is written next to ``target``, checked with ``integrity_check``, then renamed into place."""
         if self.path is None:
             raise MMChatError("A temporary (in-memory) conversation store cannot be backed up.")
         target = Path(target)
@@ -153,7 +153,7 @@ class Database:
             source = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
             dest = sqlite3.connect(tmp)
             try:
-                source.backup(dest, pages=BACKUP_PAGES_PER_STEP)
+                source.backup(dest)  # pages=-1: everything in one step, one snapshot
                 dest.execute("PRAGMA journal_mode = DELETE")  # a single self-contained file
                 check = dest.execute("PRAGMA integrity_check").fetchone()[0]
             finally:

@@ -29,7 +29,7 @@ START_TIMEOUT_S = 60.0  # the writer's Python start-up, on a busy machine
 KILL_WINDOW_S = (0.0, 0.3)  # kill this long after the writer is ready (uniform), mid-write
 QUICK_KILLS = 5
 SLOW_KILLS = 200
-BACKUP_AFTER_ACKS = 200  # let the writer build up some data before backing up
+BACKUP_AFTER_ACKS = 1_000  # let the writer build up some data (a few MB) before backing up
 
 
 class Writer:

@@ -62,7 +62,9 @@ class CrashHandler(QObject):
         self.handle_exception(args.exc_type, args.exc_value, args.exc_traceback, thread=name)
 
     def _show(self, path: str, summary: str) -> None:
-        where = f"A report was saved to {path}." if path else "No report could be saved (see the log)."
+        where = f"A report was saved to {path}." if path else "No report could be saved."
+        if self.log_path is not None:
+            where += f" The log is {self.log_path}."
         text = f"Something went wrong: {summary}. This is a bug; mmchat carries on. {where}"
         try:
             self.window.show_notice(text)
