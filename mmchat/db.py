@@ -146,24 +146,15 @@ class Database:
         target = Path(target)
         if target.resolve() == self.path.resolve():
             raise MMChatError(f"The backup file {target} is the database itself; choose another path.")
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.unlink(missing_ok=True)
         try:
-            source = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
-            dest = sqlite3.connect(tmp)
-            try:
-                source.backup(dest)  # pages=-1: everything in one step, one snapshot
-                dest.execute("PRAGMA journal_mode = DELETE")  # a single self-contained file
-                check = dest.execute("PRAGMA integrity_check").fetchone()[0]
-            finally:
-                dest.close()
-                source.close()
-            if check != "ok":
-                raise sqlite3.DatabaseError(f"the copy failed its integrity check: {check}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp.unlink(missing_ok=True)
+            _copy_snapshot(self.path, tmp)
             os.replace(tmp, target)
         except (sqlite3.Error, OSError) as exc:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
             raise MMChatError(f"Could not back up {self.path} to {target}: {exc}.",
                               hint="Check that the target folder exists, is writable and has free space.") from exc
         return target
@@ -186,6 +177,17 @@ def run_script(conn: sqlite3.Connection, script: str) -> None:
 
 class _NewerSchema(Exception):
     pass
+
+
+def _copy_snapshot(source_path: Path, tmp: Path) -> None:
+    """One-step online backup of ``source_path`` into the new file ``tmp``, integrity-checked."""
+    with contextlib.closing(sqlite3.connect(f"file:{source_path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)) as source, \
+            contextlib.closing(sqlite3.connect(tmp)) as dest:
+        source.backup(dest)  # pages=-1: everything in one step, one snapshot
+        dest.execute("PRAGMA journal_mode = DELETE")  # a single self-contained file
+        check = dest.execute("PRAGMA integrity_check").fetchone()[0]
+    if check != "ok":
+        raise sqlite3.DatabaseError(f"the copy failed its integrity check: {check}")
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

@@ -152,3 +152,42 @@ def test_backup_refuses_its_own_database_and_a_temporary_store(tmp_path):
     store.close()
     with pytest.raises(MMChatError, match="in-memory"):
         ConversationStore(":memory:").backup(tmp_path / "x.sqlite3")
+
+
+def test_backup_to_an_impossible_place_is_a_clear_error(data_dir, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = subprocess.run([sys.executable, "-m", "mmchat.cli", "backup", str(blocker / "copy.sqlite3")],
+                            capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, MMCHAT_DATA_DIR=str(data_dir)))
+    assert result.returncode == 1 and "Could not back up" in result.stderr and "Traceback" not in result.stderr
+
+
+BACKUP_KILLS = 10
+
+
+def test_a_killed_backup_never_leaves_a_broken_copy(data_dir, tmp_path):
+    """SIGKILL `mmchat backup` at random moments: the target is absent or a complete, intact copy."""
+    from mmchat.store import ConversationStore
+
+    writer = Writer(data_dir / "mmchat.sqlite3", seed=11)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while len(writer.acks) < BACKUP_AFTER_ACKS and time.monotonic() < deadline:
+        time.sleep(0.05)
+    writer.kill()
+    ConversationStore(data_dir / "mmchat.sqlite3").close()  # recover the WAL: the backup reads a settled file
+    rng = random.Random(3)
+    finished = 0
+    for k in range(BACKUP_KILLS):
+        target = tmp_path / f"copy-{k}.sqlite3"
+        process = subprocess.Popen([sys.executable, "-m", "mmchat.cli", "backup", str(target)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   env=dict(os.environ, MMCHAT_DATA_DIR=str(data_dir)))
+        time.sleep(rng.uniform(0.0, 0.6))  # from start-up to mid-copy or done
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        if target.exists():
+            check_database(target, [])
+            finished += 1
+        reliability.count()
+    reliability.note(f"{finished} of {BACKUP_KILLS} backups had finished when killed (intact); the others left no file")
