@@ -285,3 +285,38 @@ def test_listed_image_cases(case, tmp_path):
     else:
         assert image is not None and image.mode == "RGB"
         assert all(abs(a - b) <= 12 for a, b in zip(image.getpixel((4, 4)), expected))
+
+
+def _png_from(*, width: int, height: int, depth: int, colour: int, interlace: int, idat: bytes) -> bytes:
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, interlace)
+    plte = chunk(b"PLTE", bytes(range(48))) if colour == 3 else b""
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + plte + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+_PNG_HEADERS = st.fixed_dictionaries({
+    "width": st.one_of(st.integers(0, 64), st.integers(0, 2**31 - 1)),
+    "height": st.one_of(st.integers(0, 64), st.integers(0, 2**31 - 1)),
+    "depth": st.sampled_from([1, 2, 4, 8, 16, 0, 3, 255]),
+    "colour": st.sampled_from([0, 2, 3, 4, 6, 1, 7]),
+    "interlace": st.sampled_from([0, 1, 2]),
+    "idat": st.one_of(st.binary(max_size=2_000),
+                      st.integers(0, 200_000).map(lambda n: __import__("zlib").compress(b"\0" * n))),
+})
+
+
+@settings(max_examples=300, deadline=None)
+@given(header=_PNG_HEADERS)
+def test_generated_png_headers(header):
+    """Every IHDR combination (sizes up to 2^31, odd depths and colour types, compressed zeros):
+    an RGB image or an MMChatError, bounded in time and memory."""
+    data = _png_from(**header)
+    with bounded(f"PNG {header['width']}x{header['height']}"):
+        try:
+            image = load_image(data)
+        except MMChatError:
+            return
+    assert image.mode == "RGB" and image.size == (header["width"], header["height"])
