@@ -164,6 +164,10 @@ class ChatSession:
         personal = self._personal(history, llm)
         if personal is not None:
             messages[0] = {"role": "system", "content": personal.system}
+            last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+            if personal.reminder and last_user is not None:
+                messages[last_user] = {**messages[last_user],
+                                       "content": f"{messages[last_user]['content']}\n\n{personal.reminder}"}
             if personal.max_new_tokens is not None and personal.max_new_tokens < config.max_new_tokens:
                 config = dataclasses.replace(config, max_new_tokens=personal.max_new_tokens)
         for note in notes:
@@ -204,7 +208,8 @@ class ChatSession:
         query = next((m.content for m in reversed(history) if m.role == "user"), "")
         return self.memory.build_prompt(self.system_prompt, query=query,
                                         store=None if self.temporary else self.store,
-                                        conversation_id=self.conversation_id, count_tokens=llm.count_tokens)
+                                        conversation_id=self.conversation_id, count_tokens=llm.count_tokens,
+                                        first_turn=not any(m.role == "assistant" for m in history))
 
     def _prompt(self, history: Sequence[Message]) -> tuple[list[dict], list, list[str]]:
         """Chat-template messages, the media tensors in placeholder order, and notes to show."""

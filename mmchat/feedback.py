@@ -136,3 +136,104 @@ def _implicit_length(memory: MemoryService, *, words: int) -> dict:
         return {}
     memory.set_profile(reply_length=SHORTER_STEP[current])
     return {"reply_length": SHORTER_STEP[current]}
+
+
+# -- evaluation ----------------------------------------------------------------------------------------
+EVAL_QUESTIONS = ("Why is the sky blue?", "What does a compiler do?", "How do plants make food?",
+                  "What is a good way to start learning to cook?", "Why do we have seasons?",
+                  "What is the difference between a virus and a bacterium?")
+WARMUP_QUESTION = "Tell me about the Moon."
+SHORT_REPLY_WORDS = 40  # a reply "follows" the too-long feedback at or under this many words
+FRENCH_STOPWORDS = frozenset("le la les un une des du de et est sont que qui pour dans sur avec pas ne vous nous "
+                             "il elle ce cette ces au aux en par plus mais ou où son sa ses leur très être".split())
+ENGLISH_STOPWORDS = frozenset("the a an and is are that which for in on with not you we it this these to of by "
+                              "more but or its their very be as at from".split())
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    correction: str  # what the simulated user says after the warm-up reply
+    metric: str  # "words" (lower is better) or a fraction (higher is better)
+
+
+SCENARIOS = (Scenario("length", "too long", "words"), Scenario("french", "answer in French", "french"),
+             Scenario("name", "call me Sam", "sam"))
+
+
+def is_french(text: str) -> bool:
+    """More French than English stop words (a crude but honest language detector)."""
+    words = re.findall(r"[a-zàâçéèêëîïôûùüÿœ]+", text.lower())
+    return sum(w in FRENCH_STOPWORDS for w in words) > sum(w in ENGLISH_STOPWORDS for w in words)
+
+
+def measure(replies: list[str]) -> dict:
+    words = [len(r.split()) for r in replies]
+    n = max(len(replies), 1)
+    return {"replies": len(replies), "mean_words": round(sum(words) / n, 1),
+            "short_fraction": round(sum(w <= SHORT_REPLY_WORDS for w in words) / n, 3),
+            "french_fraction": round(sum(is_french(r) for r in replies) / n, 3),
+            "sam_fraction": round(sum("sam" in re.findall(r"\w+", r.lower()) for r in replies) / n, 3)}
+
+
+def evaluate_feedback(engine, *, n: int = 3, max_new_tokens: int = 96, embed=None,
+                      scenarios: tuple[Scenario, ...] = SCENARIOS) -> dict:
+    """Replies to ``n`` questions with a fresh profile (the baseline) and one warm-up reply; then per
+    scenario a profile whose history holds that warm-up reply, the simulated user's 👎 + correction
+    on it, and the same ``n`` questions, each in a new conversation. Greedy decoding, in-memory
+    stores: nothing is written to disk."""
+    from mmchat.llm import GenerationConfig
+    from mmchat.profile import ProfileStore
+
+    if not 1 <= n <= len(EVAL_QUESTIONS):
+        raise MMChatError(f"--n must be between 1 and {len(EVAL_QUESTIONS)}.")
+    questions = EVAL_QUESTIONS[:n]
+    config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0)
+    profiles = ProfileStore(":memory:")
+    baseline_service = MemoryService(profiles, embed=embed)
+    embed = embed or baseline_service.embed  # one embedder for every scenario
+    baseline_replies = [_ask(engine, baseline_service, q, config) for q in questions]
+    warmup = _ask(engine, baseline_service, WARMUP_QUESTION, config)
+    report: dict = {"questions": list(questions), "max_new_tokens": max_new_tokens,
+                    "baseline": measure(baseline_replies), "warmup_words": len(warmup.split()), "scenarios": {}}
+    for scenario in scenarios:
+        service = MemoryService(profiles, profile_id=profiles.create_profile(scenario.name).id, embed=embed)
+        store = ConversationStore(":memory:", profile_id=service.profile_id)
+        conversation = store.create_conversation().id
+        store.add_message(conversation, "user", WARMUP_QUESTION)
+        rated = store.add_message(conversation, "assistant", warmup)
+        result = learn(service, store, message_id=rated.id, rating=-1, correction=scenario.correction)
+        replies = [_ask(engine, service, q, config, store=store) for q in questions]
+        after = measure(replies)
+        report["scenarios"][scenario.name] = {"feedback": scenario.correction, "changed": result.changed,
+                                              "after": after, "improved": _improved(scenario, report["baseline"], after),
+                                              "examples": [r[:160] for r in replies[:2]]}
+    report["baseline_examples"] = [r[:160] for r in baseline_replies[:2]]
+    return report
+
+
+def _ask(engine, service: MemoryService, question: str, config, *, store: ConversationStore | None = None) -> str:
+    """The reply to ``question`` in a new conversation."""
+    from mmchat.chat import ChatSession
+
+    session = ChatSession(engine, store or ConversationStore(":memory:"), generation=config, memory=service)
+    return [e for e in session.send(question) if e.kind == "done"][-1].text
+
+
+def _improved(scenario: Scenario, before: dict, after: dict) -> bool:
+    if scenario.metric == "words":
+        return after["mean_words"] < before["mean_words"]
+    key = f"{scenario.metric}_fraction"
+    return after[key] > before[key]
+
+
+def format_evaluation(report: dict) -> str:
+    base = report["baseline"]
+    lines = [f"{len(report['questions'])} questions, greedy, at most {report['max_new_tokens']} new tokens",
+             f"{'':10} {'feedback':18} {'metric':16} {'before':>8} {'after':>8}  improved"]
+    metric_keys = {"length": "mean_words", "french": "french_fraction", "name": "sam_fraction"}
+    for name, result in report["scenarios"].items():
+        key = metric_keys.get(name, "mean_words")
+        lines.append(f"{name:10} {result['feedback']!r:18} {key:16} {base[key]:>8} {result['after'][key]:>8}  "
+                     f"{'yes' if result['improved'] else 'NO'}")
+    return "\n".join(lines)

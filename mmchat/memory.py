@@ -219,6 +219,19 @@ def profile_prompt(profile: Profile) -> tuple[list[str], list[str]]:
     return instructions, facts
 
 
+def turn_reminder(profile: Profile, *, first_turn: bool) -> str:
+    """A short note appended to the latest user message as the model sees it (never stored).
+
+    Measured with Qwen2.5-0.5B: "Always reply in French." in the system prompt is ignored, the same
+    words after the question are followed; a name is used when asked for a greeting at the start."""
+    notes = []
+    if profile.language:
+        notes.append(f"Answer in {escape_data(profile.language)}.")
+    if profile.display_name and first_turn:
+        notes.append(f"Begin with: Hi {escape_data(profile.display_name)}!")
+    return f"({' '.join(notes)})" if notes else ""
+
+
 # -- retrieval -----------------------------------------------------------------------------------
 class MemoryIndex:
     """Unit embeddings as rows of one float32 matrix; a search is one matrix-vector product."""
@@ -316,6 +329,7 @@ class PersonalPrompt:
     memory_ids: list[int] = field(default_factory=list)
     turn_ids: list[int] = field(default_factory=list)
     max_new_tokens: int | None = None  # cap from the reply-length preference
+    reminder: str = ""  # appended to the latest user message for the model (see turn_reminder)
 
 
 Embed = Callable[[Sequence[str]], np.ndarray]
@@ -595,7 +609,7 @@ class MemoryService:
         return [(turns[i], float(scores[i])) for i in order if scores[i] >= self.config.turn_similarity]
 
     def build_prompt(self, base: str, *, query: str, store: ConversationStore | None = None,
-                     conversation_id: int | None = None,
+                     conversation_id: int | None = None, first_turn: bool = False,
                      count_tokens: Callable[[str], int] | None = None) -> PersonalPrompt:
         """The system prompt for a reply to ``query``: ``base``, the profile's preferences, then the
         retrieved memories and earlier turns as delimited data. Marks the memories as used."""
@@ -609,7 +623,8 @@ class MemoryService:
         self.profiles.mark_used([m.id for m in memories])
         return PersonalPrompt(system="\n".join(p for p in parts if p), memory_ids=[m.id for m in memories],
                               turn_ids=[t.message_id for t in turns],
-                              max_new_tokens=REPLY_TOKENS.get(profile.reply_length))
+                              max_new_tokens=REPLY_TOKENS.get(profile.reply_length),
+                              reminder=turn_reminder(profile, first_turn=first_turn))
 
     def why(self, message: Message) -> list[Memory]:
         """The memories a stored reply used (deleted ones appear with empty text)."""
@@ -625,3 +640,28 @@ class MemoryService:
 def _same_as_profile(memory: Memory, profile: Profile) -> bool:
     """The active name memory repeats the profile's display name, which the prompt already states."""
     return memory.slot == "name" and memory.text == f"The user's name is {profile.display_name}."
+
+
+def import_profile(service: MemoryService, data: dict) -> dict:
+    """Merge an export (:meth:`ProfileStore.export_profile`) into ``service``'s profile: fields are
+    set, memories added (deduped, re-embedded here), deleted facts stay deleted. Returns counts."""
+    from mmchat.profile import EDITABLE_FIELDS, EXPORT_FORMAT, EXPORT_VERSION
+
+    if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
+        raise MMChatError("That file is not an mmchat profile export.")
+    if not isinstance(data.get("version"), int) or data["version"] > EXPORT_VERSION:
+        raise MMChatError("That profile export is from a newer mmchat.", hint="Update mmchat to import it.")
+    fields = {k: v for k, v in (data.get("profile") or {}).items() if k in EDITABLE_FIELDS and isinstance(v, str)}
+    service.set_profile(**fields)
+    hashes = [h for h in data.get("deleted_hashes", []) if isinstance(h, str) and re.fullmatch(r"[0-9a-f]{64}", h)]
+    service.profiles.import_tombstones(service.profile_id, hashes)
+    added = 0
+    for item in data.get("memories", []):
+        if not isinstance(item, dict) or not isinstance(item.get("text"), str) or not item["text"].strip():
+            continue
+        status = "active" if item.get("status") == "active" and not hostile_reasons(item["text"]) else "pending"
+        memory = service._admit(" ".join(item["text"].split()), slot=item.get("slot") if isinstance(
+            item.get("slot"), str) else None, origin="import", status=status, pinned=bool(item.get("pinned")),
+            flags=tuple(hostile_reasons(item["text"])))
+        added += memory is not None
+    return {"fields": len(fields), "memories": added, "deleted": len(hashes)}
