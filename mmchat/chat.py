@@ -111,11 +111,15 @@ class ChatSession:
             raise MMChatError("Nothing to send: the message is empty (and no speech was heard).")
         user = self.store.add_message(self.conversation_id, "user", text, attachments=attachments, meta=meta)
         yield ChatEvent("user", text, message=user)
+        yield from self._propose(user, remember=remember)
+        yield from self._reply(stop=stop)
+
+    def _propose(self, user: Message, *, remember: bool) -> Iterator[ChatEvent]:
+        """Memory candidates of a user turn (none in a temporary chat)."""
         if self.memory is not None and not self.temporary:
-            found = self.memory.propose(text, source_message_id=user.id, confirm=remember)
+            found = self.memory.propose(user.content, source_message_id=user.id, confirm=remember)
             if found:
                 yield ChatEvent("memory", "\n".join(m.text for m in found), message=user, memories=tuple(found))
-        yield from self._reply(stop=stop)
 
     # -- personalisation -------------------------------------------------------------------------
     def feedback(self, message_id: int, rating: int, correction: str | None = None) -> FeedbackResult:
@@ -151,6 +155,7 @@ class ChatSession:
         user = self.store.add_message(self.conversation_id, "user", text,
                                       attachments=original.attachments, meta=original.meta)
         yield ChatEvent("user", text, message=user)
+        yield from self._propose(user, remember=False)
         yield from self._reply(stop=stop)
 
     # -- the reply -------------------------------------------------------------------------------

@@ -462,12 +462,18 @@ class MemoryService:
         return self.approve(memory.id) if status == "active" else memory
 
     def _near_existing(self, vector: np.ndarray, *, slot: str | None) -> bool:
-        """A live or deleted memory means the same (same single-slot facts differ by value only)."""
-        memories, vectors = self.profiles.vectors(self.profile_id, statuses=("pending", "active", "deleted"))
-        if not memories:
-            return False
-        scores = vectors @ vector
-        for memory, score in zip(memories, scores):
+        """A live or deleted memory means the same (same single-slot facts differ by value only).
+        Active memories are searched in the in-memory index; pending and deleted ones (few) in SQLite."""
+        index = self._live_index()
+        candidates = []
+        if index is not None:
+            near = index.similar(vector, threshold=min(self.config.duplicate_similarity,
+                                                       self.config.tombstone_similarity))
+            candidates += [(self.profiles.memory(i), float(self.profiles.vector(i) @ vector)) for i in near]
+        memories, vectors = self.profiles.vectors(self.profile_id, statuses=("pending", "deleted"))
+        if memories:
+            candidates += list(zip(memories, (float(x) for x in vectors @ vector)))
+        for memory, score in candidates:
             same_slot = slot is not None and slot in SINGLE_SLOTS and memory.slot == slot
             limit = (self.config.tombstone_similarity if memory.status == "deleted"
                      else self.config.duplicate_similarity)
