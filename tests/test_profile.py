@@ -122,3 +122,66 @@ def test_export_import_and_wipe(tmp_path):
     profiles.wipe(service.profile_id)
     assert service.memories(statuses=("pending", "active", "deleted")) == [] and service.profile.tone == ""
     assert profile_path().name == "profile.sqlite3"
+
+
+def test_profile_and_memory_commands(capsys, tmp_path, data_dir):
+    from mmchat.cli import main
+
+    def run(*args):
+        code = main(list(args))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    assert run("profile", "set", "name", "Ada", "Lovelace")[0] == 0
+    assert run("profile", "set", "length", "short")[0] == 0
+    assert run("profile", "set", "length", "huge")[0] == 1
+    code, out, _ = run("memory", "add", "I", "live", "in", "Oslo", "--pin")
+    assert code == 0 and "📌 The user lives in Oslo." in out
+    memory_id = int(out.split()[0])
+    code, out, _ = run("profile", "show", "--json")
+    shown = json.loads(out)
+    assert (shown["display_name"], shown["reply_length"], shown["memories"]["active"]) == ("Ada Lovelace", "short", 1)
+    export = tmp_path / "me.json"
+    assert run("profile", "export", str(export))[0] == 0
+    assert run("profile", "create", "work")[0] == 0
+    assert run("memory", "list")[1] == "" and "* work" in run("profile", "list")[1]
+    assert run("profile", "import", str(export))[1].startswith("imported 8 fields, 1 memories")
+    assert "The user lives in Oslo." in run("memory", "list", "--search", "oslo")[1]
+    assert run("profile", "use", "default")[0] == 0
+    assert run("memory", "delete", str(memory_id))[0] == 0
+    assert "(deleted)" in run("memory", "list", "--all")[1]
+    assert run("memory", "approve", str(memory_id))[0] == 1
+    assert run("profile", "wipe", "--yes")[0] == 0
+    assert "Ada" not in run("profile", "show")[1]
+    assert run("profile", "use", "nobody")[0] == 1
+    assert run("profile", "import", str(data_dir / "missing.json"))[0] == 1
+
+
+def test_feedback_command_changes_the_profile_and_marks_the_reply(capsys):
+    from mmchat.cli import main
+
+    store = ConversationStore()
+    conversation = store.create_conversation().id
+    store.add_message(conversation, "user", "Tell me about the Moon.")
+    reply = store.add_message(conversation, "assistant", "The Moon is " + "very " * 80 + "far.")
+    assert main(["feedback", str(reply.id), "down", "--correction", "too long, answer in French"]) == 0
+    assert "reply_length = short; language = French" in capsys.readouterr().out
+    assert store.message(reply.id).meta["feedback"]["rating"] == -1
+    profile = ProfileStore().active_profile()
+    assert (profile.reply_length, profile.language) == ("short", "French")
+    assert main(["feedback", "999", "up"]) == 1
+    store.close()
+
+
+def test_repeated_thumbs_down_on_long_replies_shortens_them(tmp_path):
+    from mmchat.feedback import learn
+    from mmchat.memory import MemoryService
+
+    memory = MemoryService(ProfileStore(tmp_path / "p.sqlite3"), embed=None)
+    store = ConversationStore(tmp_path / "c.sqlite3")
+    conversation = store.create_conversation().id
+    replies = [store.add_message(conversation, "assistant", "word " * 100) for _ in range(3)]
+    assert learn(memory, store, message_id=replies[0].id, rating=-1).changed == {}
+    assert learn(memory, store, message_id=replies[1].id, rating=-1).changed == {"reply_length": "medium"}
+    assert learn(memory, store, message_id=replies[2].id, rating=-1).changed == {"reply_length": "short"}
+    assert [e.rating for e in memory.profiles.feedback_events(memory.profile_id)] == [-1, -1, -1]
