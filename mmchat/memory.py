@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 import time
@@ -600,19 +601,32 @@ class MemoryService:
         if not query.strip():
             return []
         turns = store.turns(exclude_conversation=exclude_conversation, limit=self.config.turns_scanned)
-        missing = [t for t in turns if t.message_id not in self._turn_vectors]
-        chars = self.config.turn_chars
-        if missing:
-            vectors = self.embed([f"{t.question[:chars]}\n{t.reply[:chars]}" for t in missing])
-            if vectors is None:
-                return []
-            self._turn_vectors.update(zip((t.message_id for t in missing), vectors))
-        if not turns:
+        if not turns or not self._embed_turns(turns):
             return []
         query_vector = self.embed([query])
         scores = np.stack([self._turn_vectors[t.message_id] for t in turns]) @ query_vector[0]
         order = np.argsort(-scores)[:self.config.max_turns]
         return [(turns[i], float(scores[i])) for i in order if scores[i] >= self.config.turn_similarity]
+
+    def _embed_turns(self, turns: list[Turn]) -> bool:
+        """Fill the in-memory cache from the profile database, embedding (and saving) what is missing."""
+        chars = self.config.turn_chars
+        texts = {t.message_id: f"{t.question[:chars]}\n{t.reply[:chars]}" for t in turns
+                 if t.message_id not in self._turn_vectors}
+        if not texts:
+            return True
+        digests = {i: hashlib.sha256(text.encode("utf-8")).hexdigest() for i, text in texts.items()}
+        for i, (digest, vector) in self.profiles.turn_vectors(self.profile_id, list(texts)).items():
+            if digest == digests[i]:
+                self._turn_vectors[i] = vector
+                del texts[i]
+        if texts:
+            vectors = self.embed(list(texts.values()))
+            if vectors is None:
+                return False
+            self._turn_vectors.update(zip(texts, vectors))
+            self.profiles.put_turn_vectors(self.profile_id, [(i, digests[i], v) for i, v in zip(texts, vectors)])
+        return True
 
     def build_prompt(self, base: str, *, query: str, store: ConversationStore | None = None,
                      conversation_id: int | None = None, first_turn: bool = False,

@@ -82,7 +82,20 @@ def _v1(conn: sqlite3.Connection) -> None:
     """)
 
 
-MIGRATIONS = (_v1,)
+def _v2(conn: sqlite3.Connection) -> None:
+    """Embeddings of earlier (question, reply) turns, so each start does not embed them again.
+    ``digest`` is the sha256 of the embedded text: a changed or replaced message is re-embedded."""
+    run_script(conn, """
+        CREATE TABLE turn_vectors (
+            message_id INTEGER PRIMARY KEY,
+            profile_id INTEGER NOT NULL REFERENCES profiles(id) ON DELETE CASCADE,
+            digest TEXT NOT NULL,
+            embedding BLOB NOT NULL
+        )
+    """)
+
+
+MIGRATIONS = (_v1, _v2)
 
 
 @dataclass(frozen=True)
@@ -287,6 +300,23 @@ class ProfileStore:
                 conn.executemany("UPDATE memories SET last_used = ? WHERE id = ?",
                                  [(time.time(), i) for i in memory_ids])
 
+    # -- embeddings of earlier turns ---------------------------------------------------------------
+    def turn_vectors(self, profile_id: int, message_ids: list[int]) -> dict[int, tuple[str, np.ndarray]]:
+        found = {}
+        for start in range(0, len(message_ids), 500):  # SQLite's bound-parameter limit
+            chunk = message_ids[start:start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            for r in self.db.query(f"SELECT * FROM turn_vectors WHERE profile_id = ? AND message_id IN ({marks})",
+                                   (profile_id, *chunk)):
+                found[r["message_id"]] = (r["digest"], np.frombuffer(r["embedding"], dtype=np.float32))
+        return found
+
+    def put_turn_vectors(self, profile_id: int, rows: list[tuple[int, str, np.ndarray]]) -> None:
+        with self.db.transaction() as conn:
+            conn.executemany("INSERT OR REPLACE INTO turn_vectors (message_id, profile_id, digest, embedding) "
+                             "VALUES (?, ?, ?, ?)", [(i, profile_id, d, np.asarray(v, dtype=np.float32).tobytes())
+                                                     for i, d, v in rows])
+
     # -- feedback --------------------------------------------------------------------------------
     def add_feedback(self, profile_id: int, *, message_id: int, rating: int, correction: str | None,
                      words: int, applied: dict) -> FeedbackEvent:
@@ -327,6 +357,7 @@ class ProfileStore:
         with self.db.transaction() as conn:
             conn.execute("DELETE FROM memories WHERE profile_id = ?", (profile_id,))
             conn.execute("DELETE FROM feedback WHERE profile_id = ?", (profile_id,))
+            conn.execute("DELETE FROM turn_vectors WHERE profile_id = ?", (profile_id,))
         self.update_profile(profile_id, **blank)
 
 

@@ -197,3 +197,32 @@ def test_retrieval_benchmark_runs():
     assert result["k"] == 8 and result["median_ms"] > 0
     # Target < 20 ms on an idle machine; this CI box is shared with training, so only a loose bound.
     assert result["median_ms"] < 250, result
+
+
+def test_earlier_turns_are_retrieved_escaped_and_their_embeddings_cached(tmp_path, embed):
+    from mmchat.store import ConversationStore
+
+    calls = []
+
+    def counting(texts):
+        calls.append(len(texts))
+        return embed(texts)
+
+    profiles = ProfileStore(tmp_path / "p.sqlite3")
+    store = ConversationStore(tmp_path / "c.sqlite3")
+    for question, reply in [("How do I repot a cactus?", "Wear gloves and use sandy soil. </earlier><b>x</b>"),
+                            ("What is the capital of Peru?", "Lima.")]:
+        conversation = store.create_conversation().id
+        store.add_message(conversation, "user", question)
+        store.add_message(conversation, "assistant", reply)
+    current = store.create_conversation().id
+    service = MemoryService(profiles, embed=counting)
+    [(turn, score)] = service.related_turns("My cactus needs a bigger pot", store, exclude_conversation=current)
+    assert turn.question == "How do I repot a cactus?" and score > 0.5
+    prompt = service.build_prompt("BASE", query="My cactus needs a bigger pot", store=store, conversation_id=current)
+    assert prompt.turn_ids == [turn.message_id] and prompt.system.count("</earlier>") == 1
+    assert "&lt;/earlier&gt;&lt;b&gt;" in prompt.system
+    again = MemoryService(profiles, embed=counting)  # a new process: turn vectors come from the database
+    calls.clear()
+    again.related_turns("cactus soil", store, exclude_conversation=current)
+    assert calls == [1]  # only the query was embedded

@@ -185,3 +185,21 @@ def test_repeated_thumbs_down_on_long_replies_shortens_them(tmp_path):
     assert learn(memory, store, message_id=replies[1].id, rating=-1).changed == {"reply_length": "medium"}
     assert learn(memory, store, message_id=replies[2].id, rating=-1).changed == {"reply_length": "short"}
     assert [e.rating for e in memory.profiles.feedback_events(memory.profile_id)] == [-1, -1, -1]
+
+
+def test_v1_profile_database_migrates_with_its_data(tmp_path):
+    from mmchat.db import Database
+    from mmchat.profile import MIGRATIONS
+
+    path = tmp_path / "p.sqlite3"
+    old = Database(path, MIGRATIONS[:1])  # the profile schema as first shipped (user_version 1)
+    with old.transaction() as conn:
+        conn.execute("INSERT INTO profiles (name, display_name, created) VALUES ('default', 'Ada', 1.0)")
+        conn.execute("INSERT INTO memories (profile_id, text, norm_hash, created, status) "
+                     "VALUES (1, 'The user lives in Oslo.', 'h', 1.0, 'active')")
+    old.close()
+    profiles = ProfileStore(path)
+    assert profiles.db.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert profiles.active_profile().display_name == "Ada"
+    assert [m.text for m in profiles.memories(1)] == ["The user lives in Oslo."]
+    assert profiles.turn_vectors(1, [1]) == {}
