@@ -41,16 +41,13 @@ def test_profile_name_reaches_a_new_process(data_dir):
 
 
 @pytest.mark.slow
-def test_confirmed_allergy_is_used_in_a_new_process_and_explained(engine, embed, data_dir):
-    profiles = ProfileStore()
-    memory = MemoryService(profiles, embed=embed)
-    session = ChatSession(engine, ConversationStore(profile_id=memory.profile_id), generation=GREEDY, memory=memory)
-    events = list(session.send("I'm allergic to peanuts."))
-    [offer] = [e for e in events if e.kind == "memory"]
-    [candidate] = offer.memories
-    assert candidate.status == "pending" and candidate.text == "The user is allergic to peanuts."
-    assert memory.approve(candidate.id).status == "active"  # what the REPL's "[y/N]" or the app's button does
-    profiles.close()
+def test_confirmed_allergy_is_used_in_a_new_process_and_explained(data_dir):
+    env = {**os.environ, "MMCHAT_DATA_DIR": str(data_dir)}
+    told = subprocess.run([sys.executable, "-m", "mmchat", "chat", "--temperature", "0", "--max-tokens", "16"],
+                          input="I'm allergic to peanuts.\ny\n", capture_output=True, text=True, env=env, timeout=900)
+    assert told.returncode == 0, told.stderr
+    assert "Remember: 'The user is allergic to peanuts.'? [y/N]" in told.stdout
+    memory_id = int(re.search(r"\[remembered as memory (\d+)\]", told.stderr).group(1))
 
     result = mmchat("chat", "--once", "I live in Oslo. What am I allergic to?", "--temperature", "0",
                     "--max-tokens", "24", data_dir=data_dir)
@@ -62,7 +59,7 @@ def test_confirmed_allergy_is_used_in_a_new_process_and_explained(engine, embed,
     shown = mmchat("history", str(newest), data_dir=data_dir).stdout
     message_id = int(re.search(r"\[message (\d+) used memories", shown).group(1))
     why = mmchat("memory", "why", str(message_id), data_dir=data_dir)
-    assert f"{candidate.id}  The user is allergic to peanuts." in why.stdout, why.stdout + why.stderr
+    assert f"{memory_id}  The user is allergic to peanuts." in why.stdout, why.stdout + why.stderr
     memories = mmchat("memory", "list", data_dir=data_dir).stdout
     assert "[pending] The user lives in Oslo." in memories
 
