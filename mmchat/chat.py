@@ -214,6 +214,7 @@ class ChatSession:
         return self.memory.build_prompt(self.system_prompt, query=query,
                                         store=None if self.temporary else self.store,
                                         conversation_id=self.conversation_id, count_tokens=llm.count_tokens,
+                                        mark_used=not self.temporary,
                                         first_turn=not any(m.role == "assistant" for m in history))
 
     def _prompt(self, history: Sequence[Message]) -> tuple[list[dict], list, list[str]]:

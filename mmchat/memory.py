@@ -629,10 +629,10 @@ class MemoryService:
         return True
 
     def build_prompt(self, base: str, *, query: str, store: ConversationStore | None = None,
-                     conversation_id: int | None = None, first_turn: bool = False,
+                     conversation_id: int | None = None, first_turn: bool = False, mark_used: bool = True,
                      count_tokens: Callable[[str], int] | None = None) -> PersonalPrompt:
         """The system prompt for a reply to ``query``: ``base``, the profile's preferences, then the
-        retrieved memories and earlier turns as delimited data. Marks the memories as used."""
+        retrieved memories and earlier turns as delimited data. ``mark_used`` records the time."""
         profile = self.profile
         instructions, facts = profile_prompt(profile)
         retrieved = self.retrieve(query, count_tokens=count_tokens)
@@ -640,7 +640,8 @@ class MemoryService:
         turns = [t for t, _ in self.related_turns(query, store, exclude_conversation=conversation_id)] if store else []
         parts = [base, *instructions, render_facts(facts, memories),
                  render_turns(turns, chars=self.config.turn_chars)]
-        self.profiles.mark_used([m.id for m in memories])
+        if mark_used:
+            self.profiles.mark_used([m.id for m in memories])
         return PersonalPrompt(system="\n".join(p for p in parts if p), memory_ids=[m.id for m in memories],
                               turn_ids=[t.message_id for t in turns],
                               max_new_tokens=REPLY_TOKENS.get(profile.reply_length),
