@@ -9,6 +9,7 @@ labels) and voice is given as its transcript.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import threading
@@ -16,6 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +26,11 @@ from mmchat.engine import Engine
 from mmchat.errors import MMChatError
 from mmchat.media import MediaEncoder, MediaPart, media_encoder
 from mmchat.store import Attachment, ConversationStore, Message
+
+if TYPE_CHECKING:
+    from mmchat.feedback import FeedbackResult
+    from mmchat.memory import MemoryService
+    from mmchat.profile import Memory
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +43,23 @@ MEDIA_CACHE_ITEMS = 64  # per session: encoded images/clips kept for re-use in l
 
 @dataclass(frozen=True)
 class ChatEvent:
-    kind: str  # "user" | "transcript" | "notice" | "token" | "done"
+    kind: str  # "user" | "transcript" | "memory" | "notice" | "token" | "done"
     text: str = ""
     message: Message | None = None  # the stored message for "user" and "done"
     stats: dict = field(default_factory=dict)
+    memories: tuple[Memory, ...] = ()  # "memory": candidates from the user's turn (pending or stored)
 
 
 class ChatSession:
-    """One conversation. ``store=None`` makes a temporary chat that never touches the disk."""
+    """One conversation. ``store=None`` makes a temporary chat that never touches the disk.
+
+    With a ``memory`` service the replies use the profile (preferences, confirmed memories, related
+    earlier turns), each user turn may propose memories ("memory" events) and :meth:`feedback`
+    learns from ratings. A temporary chat reads the profile but proposes no memories."""
 
     def __init__(self, engine: Engine, store: ConversationStore | None, conversation_id: int | None = None, *,
-                 media: MediaEncoder | None = None, system_prompt: str = SYSTEM_PROMPT, generation=None) -> None:
+                 media: MediaEncoder | None = None, system_prompt: str = SYSTEM_PROMPT, generation=None,
+                 memory: MemoryService | None = None) -> None:
         self.engine = engine
         self.temporary = store is None
         self.store = store if store is not None else ConversationStore(":memory:")
@@ -56,6 +69,7 @@ class ChatSession:
         self._media = media
         self.system_prompt = system_prompt
         self.generation = generation
+        self.memory = memory
         self._media_cache: OrderedDict[str, MediaPart] = OrderedDict()
         self._notes_shown: set[str] = set()
 
@@ -71,11 +85,13 @@ class ChatSession:
 
     # -- sending ---------------------------------------------------------------------------------
     def send(self, text: str, *, images: Sequence = (), audio: np.ndarray | None = None,
-             transcript: str | None = None, stop: threading.Event | None = None) -> Iterator[ChatEvent]:
+             transcript: str | None = None, stop: threading.Event | None = None,
+             remember: bool = False) -> Iterator[ChatEvent]:
         """Send one user turn. Images and audio are validated before anything is written, so bad
         input raises :class:`MMChatError` and leaves the conversation as it was. ``transcript`` is
         the user's reviewed transcript of ``audio`` (the app shows it before sending); without it
-        the audio is transcribed here."""
+        the audio is transcribed here. ``remember`` confirms this turn's (unflagged) memory
+        candidates at once, whatever the profile's memory mode."""
         from mmchat.images import load_image, to_png_bytes
 
         loaded = [img if hasattr(img, "mode") else load_image(img) for img in images]
@@ -95,7 +111,31 @@ class ChatSession:
             raise MMChatError("Nothing to send: the message is empty (and no speech was heard).")
         user = self.store.add_message(self.conversation_id, "user", text, attachments=attachments, meta=meta)
         yield ChatEvent("user", text, message=user)
+        yield from self._propose(user, remember=remember)
         yield from self._reply(stop=stop)
+
+    def _propose(self, user: Message, *, remember: bool) -> Iterator[ChatEvent]:
+        """Memory candidates of a user turn (none in a temporary chat)."""
+        if self.memory is not None and not self.temporary:
+            found = self.memory.propose(user.content, source_message_id=user.id, confirm=remember)
+            if found:
+                yield ChatEvent("memory", "\n".join(m.text for m in found), message=user, memories=tuple(found))
+
+    # -- personalisation -------------------------------------------------------------------------
+    def feedback(self, message_id: int, rating: int, correction: str | None = None) -> FeedbackResult:
+        """👍 (+1) / 👎 (-1) / 0 and an optional correction on one of this chat's replies."""
+        from mmchat.feedback import learn
+
+        if self.memory is None:
+            raise MMChatError("Feedback needs a profile (this chat has none).")
+        return learn(self.memory, self.store, message_id=message_id, rating=rating, correction=correction)
+
+    def why(self, message_id: int) -> list[Memory]:
+        """The memories the reply ``message_id`` used."""
+        message = self.store.message(message_id)
+        if message is None or self.memory is None:
+            return []
+        return self.memory.why(message)
 
     def regenerate(self, *, stop: threading.Event | None = None) -> Iterator[ChatEvent]:
         """Replace the last reply with a new one."""
@@ -115,6 +155,7 @@ class ChatSession:
         user = self.store.add_message(self.conversation_id, "user", text,
                                       attachments=original.attachments, meta=original.meta)
         yield ChatEvent("user", text, message=user)
+        yield from self._propose(user, remember=False)
         yield from self._reply(stop=stop)
 
     # -- the reply -------------------------------------------------------------------------------
@@ -122,10 +163,20 @@ class ChatSession:
         from mmchat.llm import GenerationConfig
 
         llm = self.engine.llm
-        messages, media, notes = self._prompt(self.history())
+        history = self.history()
+        messages, media, notes = self._prompt(history)
+        config = self.generation or GenerationConfig()
+        personal = self._personal(history, llm)
+        if personal is not None:
+            messages[0] = {"role": "system", "content": personal.system}
+            last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+            if personal.reminder and last_user is not None:
+                messages[last_user] = {**messages[last_user],
+                                       "content": f"{messages[last_user]['content']}\n\n{personal.reminder}"}
+            if personal.max_new_tokens is not None and personal.max_new_tokens < config.max_new_tokens:
+                config = dataclasses.replace(config, max_new_tokens=personal.max_new_tokens)
         for note in notes:
             yield ChatEvent("notice", note)
-        config = self.generation or GenerationConfig()
         chunks: list[str] = []
         started = time.monotonic()
         first_token_s = None
@@ -148,10 +199,23 @@ class ChatSession:
             reply = "".join(chunks)
             stats = {"model": llm.name, "seconds": round(time.monotonic() - started, 3),
                      "first_token_s": None if first_token_s is None else round(first_token_s, 3)}
+            if personal is not None:
+                stats.update(memories=personal.memory_ids, turns=personal.turn_ids)
             stored = None
             if reply or status == "complete":
                 stored = self.store.add_message(self.conversation_id, "assistant", reply, status=status, meta=stats)
         yield ChatEvent("done", reply, message=stored, stats=stats)
+
+    def _personal(self, history: Sequence[Message], llm):
+        """The profile's system prompt for a reply to the latest user message (None without a profile)."""
+        if self.memory is None:
+            return None
+        query = next((m.content for m in reversed(history) if m.role == "user"), "")
+        return self.memory.build_prompt(self.system_prompt, query=query,
+                                        store=None if self.temporary else self.store,
+                                        conversation_id=self.conversation_id, count_tokens=llm.count_tokens,
+                                        mark_used=not self.temporary,
+                                        first_turn=not any(m.role == "assistant" for m in history))
 
     def _prompt(self, history: Sequence[Message]) -> tuple[list[dict], list, list[str]]:
         """Chat-template messages, the media tensors in placeholder order, and notes to show."""

@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-tokens", type=int, default=512, metavar="N")
     chat.add_argument("--temperature", type=float, default=0.7)
     chat.add_argument("--seed", type=int)
+    chat.add_argument("--remember", action="store_true",
+                      help="store facts you state about yourself without asking (flagged text still waits)")
     chat.set_defaults(func=_cmd_chat)
 
     tr = sub.add_parser("transcribe", help="print the transcript of an audio file")
@@ -119,11 +121,73 @@ def _parser() -> argparse.ArgumentParser:
     hist.add_argument("conversation", type=int, nargs="?", metavar="ID")
     hist.add_argument("--search", metavar="TEXT")
     hist.set_defaults(func=_cmd_history)
+    _profile_parsers(sub)
 
     backup = sub.add_parser("backup", help="copy the conversation database to PATH (safe while mmchat runs)")
     backup.add_argument("path", type=Path, metavar="PATH")
     backup.set_defaults(func=_cmd_backup)
     return parser
+
+
+def _profile_parsers(sub) -> None:
+    profile = sub.add_parser("profile", help="who you are and how you like replies (local profiles)")
+    psub = profile.add_subparsers(title="actions", metavar="ACTION", required=True)
+    show = psub.add_parser("show", help="the active profile")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=_cmd_profile_show)
+    pset = psub.add_parser("set", help="set a field: name, language, reply_length (short/medium/long), tone, "
+                                       "expertise, interests, instructions, memory_mode (ask/auto/off)")
+    pset.add_argument("key")
+    pset.add_argument("value", nargs="*", help="empty clears the field")
+    pset.set_defaults(func=_cmd_profile_set)
+    export = psub.add_parser("export", help="write the profile and its memories as JSON")
+    export.add_argument("file", type=Path, nargs="?", help="default: standard output")
+    export.set_defaults(func=_cmd_profile_export)
+    imp = psub.add_parser("import", help="merge an exported profile into the active one")
+    imp.add_argument("file", type=Path)
+    imp.set_defaults(func=_cmd_profile_import)
+    wipe = psub.add_parser("wipe", help="forget all memories, feedback and fields of the active profile")
+    wipe.add_argument("--yes", action="store_true", help="do not ask")
+    wipe.set_defaults(func=_cmd_profile_wipe)
+    psub.add_parser("list", help="all local profiles").set_defaults(func=_cmd_profile_list)
+    use = psub.add_parser("use", help="switch to another profile")
+    use.add_argument("name")
+    use.set_defaults(func=_cmd_profile_use)
+    create = psub.add_parser("create", help="make a new profile (and switch to it)")
+    create.add_argument("name")
+    create.set_defaults(func=_cmd_profile_create)
+
+    memory = sub.add_parser("memory", help="what the assistant remembers about you")
+    msub = memory.add_subparsers(title="actions", metavar="ACTION", required=True)
+    ml = msub.add_parser("list", help="pending and active memories (pinned first)")
+    ml.add_argument("--search", metavar="TEXT")
+    ml.add_argument("--all", action="store_true", help="also replaced and deleted ones")
+    ml.set_defaults(func=_cmd_memory_list)
+    add = msub.add_parser("add", help="remember a fact")
+    add.add_argument("text", nargs="+")
+    add.add_argument("--pin", action="store_true")
+    add.set_defaults(func=_cmd_memory_add)
+    for action, text in (("delete", "forget for good (it is never proposed again)"), ("pin", "always use it"),
+                         ("unpin", "use it only when relevant"), ("approve", "confirm a pending memory"),
+                         ("reject", "decline a pending memory")):
+        one = msub.add_parser(action, help=text)
+        one.add_argument("id", type=int)
+        one.set_defaults(func=_cmd_memory_action, action=action)
+    why = msub.add_parser("why", help="the memories a reply used")
+    why.add_argument("message", type=int, metavar="MESSAGE_ID")
+    why.set_defaults(func=_cmd_memory_why)
+
+    fb = sub.add_parser("feedback", help="rate a reply and optionally correct it")
+    fb.add_argument("message", type=int, metavar="MESSAGE_ID")
+    fb.add_argument("rating", choices=("up", "down", "none"))
+    fb.add_argument("--correction", metavar="TEXT", help='e.g. "too long", "answer in French", "call me Sam"')
+    fb.set_defaults(func=_cmd_feedback)
+    ev = sub.add_parser("eval-feedback", help="measure how replies follow feedback, before vs. after")
+    ev.add_argument("--n", type=int, default=3, help="questions per measurement")
+    ev.add_argument("--max-tokens", type=int, default=96, metavar="N")
+    ev.add_argument("--model", metavar="NAME")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=_cmd_eval_feedback)
 
 
 # -- app -----------------------------------------------------------------------------------------
@@ -154,7 +218,8 @@ def _session(args):
     from mmchat.store import ConversationStore
 
     engine = Engine(llm=args.model)
-    store = None if args.temporary else ConversationStore()
+    memory = _memory_service()
+    store = None if args.temporary else ConversationStore(profile_id=memory.profile_id)
     if store is not None and store.notice:
         print(f"mmchat: {store.notice}", file=sys.stderr)
     conversation = args.conversation
@@ -164,7 +229,7 @@ def _session(args):
     if conversation is not None and store is not None and store.get_conversation(conversation) is None:
         raise MMChatError(f"There is no conversation {conversation}.", hint="See `mmchat history`.")
     generation = GenerationConfig(max_new_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
-    return ChatSession(engine, store, conversation, generation=generation)
+    return ChatSession(engine, store, conversation, generation=generation, memory=memory)
 
 
 def _cmd_chat(args) -> int:
@@ -180,19 +245,30 @@ def _cmd_chat(args) -> int:
         audio = load_audio(args.audio)
     session = _session(args)
     if args.once is not None or images or audio is not None:
-        _run_turn(session, args.once or "", images=images, audio=audio, show_transcript=True)
+        pending = _run_turn(session, args.once or "", images=images, audio=audio, show_transcript=True,
+                            remember=args.remember)
+        for memory in pending:
+            print(f"[memory] Not remembered yet: '{memory.text}'{_flag_note(memory)}. Approve it with "
+                  f"`mmchat memory approve {memory.id}`, or pass --remember.", file=sys.stderr)
         return 0
-    return _repl(session)
+    return _repl(session, remember=args.remember)
 
 
-def _run_turn(session, text: str, *, images=(), audio=None, show_transcript: bool = False) -> None:
-    """Stream one reply to stdout; Ctrl+C stops the reply (what was said is kept)."""
+def _flag_note(memory) -> str:
+    return f" (looks like an instruction: {', '.join(memory.flags)})" if memory.flags else ""
+
+
+def _run_turn(session, text: str, *, images=(), audio=None, show_transcript: bool = False,
+              remember: bool = False) -> list:
+    """Stream one reply to stdout; Ctrl+C stops the reply (what was said is kept). Returns the
+    memory candidates of the turn that wait for confirmation."""
     events: queue.Queue = queue.Queue()
     stop = threading.Event()
+    pending: list = []
 
     def work() -> None:
         try:
-            for event in session.send(text, images=images, audio=audio, stop=stop):
+            for event in session.send(text, images=images, audio=audio, stop=stop, remember=remember):
                 events.put(event)
         except BaseException as exc:  # handed to the main thread, which re-raises it
             events.put(exc)
@@ -211,6 +287,12 @@ def _run_turn(session, text: str, *, images=(), audio=None, show_transcript: boo
                 print(f"[heard] {event.text or '(no speech)'}", file=sys.stderr)
             elif event.kind == "notice":
                 print(f"[note] {event.text}", file=sys.stderr)
+            elif event.kind == "memory":
+                pending += [m for m in event.memories if m.status == "pending"]
+                for m in event.memories:
+                    if m.status == "active":
+                        print(f"[remembered] {m.text} (memory {m.id}; `mmchat memory delete {m.id}` forgets it)",
+                              file=sys.stderr)
             elif event.kind == "done":
                 sys.stdout.write("\n")
                 if event.message is not None and event.message.status == "stopped":
@@ -219,13 +301,28 @@ def _run_turn(session, text: str, *, images=(), audio=None, show_transcript: boo
         stop.set()
         worker.join()
         print("\n[stopped]", file=sys.stderr)
+    return pending
 
 
 REPL_HELP = """Commands: /image FILE (attach to your next message), /audio FILE (send a voice message),
 /new (start a new conversation), /help, /quit. Ctrl+C stops a reply; Ctrl+D quits."""
 
 
-def _repl(session) -> int:
+def _confirm_memories(session, pending: list) -> None:
+    """Ask about each memory candidate of the last turn ("Remember: '…'? [y/N]")."""
+    for memory in pending:
+        try:
+            answer = input(f"Remember: '{memory.text}'{_flag_note(memory)}? [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() in ("y", "yes"):
+            session.memory.approve(memory.id)
+            print(f"[remembered as memory {memory.id}]", file=sys.stderr)
+        else:
+            session.memory.reject(memory.id)
+
+
+def _repl(session, *, remember: bool = False) -> int:
     from mmchat.chat import ChatSession
 
     where = "temporary chat, nothing is stored" if session.temporary else f"conversation {session.conversation_id}"
@@ -245,7 +342,7 @@ def _repl(session) -> int:
                 print(REPL_HELP, file=sys.stderr)
             elif command == "/new":
                 session = ChatSession(session.engine, None if session.temporary else session.store,
-                                      generation=session.generation)
+                                      generation=session.generation, memory=session.memory)
                 print(f"[new conversation {session.conversation_id}]", file=sys.stderr)
             elif command == "/image":
                 from mmchat.images import load_image
@@ -256,11 +353,14 @@ def _repl(session) -> int:
             elif command == "/audio":
                 from mmchat.audio import load_audio
 
-                _run_turn(session, "", audio=load_audio(Path(rest.strip())), show_transcript=True)
+                pending = _run_turn(session, "", audio=load_audio(Path(rest.strip())), show_transcript=True,
+                                    remember=remember)
+                _confirm_memories(session, pending)
             elif line.strip() or pending_images:
                 sys.stdout.write("mmchat> ")
-                _run_turn(session, line, images=pending_images)
+                pending = _run_turn(session, line, images=pending_images, remember=remember)
                 pending_images = []
+                _confirm_memories(session, pending)
         except MMChatError as exc:
             print(f"mmchat: {exc}", file=sys.stderr)
 
@@ -393,11 +493,11 @@ def _cmd_doctor(args) -> int:
     return 0
 
 
-def _open_store():
+def _open_store(*, profile_id: int | None = None):
     """The conversation store; a notice (a broken file was moved aside) goes to stderr."""
-    from mmchat.store import ConversationStore
+    from mmchat.store import DEFAULT_PROFILE_ID, ConversationStore
 
-    store = ConversationStore()
+    store = ConversationStore(profile_id=DEFAULT_PROFILE_ID if profile_id is None else profile_id)
     if store.notice:
         print(f"mmchat: {store.notice}", file=sys.stderr)
     return store
@@ -419,7 +519,7 @@ def _cmd_backup(args) -> int:
 
 
 def _cmd_history(args) -> int:
-    store = _open_store()
+    store = _open_store(profile_id=_profiles().active_profile().id)
     if args.conversation is None:
         for c in store.list_conversations(search=args.search):
             print(f"{c.id:5}  {c.message_count:3} msgs  {c.title}")
@@ -429,6 +529,174 @@ def _cmd_history(args) -> int:
     for m in store.messages(args.conversation):
         extras = "".join(f" [{a.kind}]" for a in m.attachments)
         print(f"{m.role}>{extras} {m.content}")
+        if m.meta.get("memories"):
+            print(f"    [message {m.id} used memories {', '.join(str(i) for i in m.meta['memories'])}: "
+                  f"`mmchat memory why {m.id}`]")
+    return 0
+
+
+# -- profile, memory, feedback -------------------------------------------------------------------
+def _profiles():
+    from mmchat.profile import ProfileStore
+
+    profiles = ProfileStore()
+    if profiles.notice:
+        print(f"mmchat: {profiles.notice}", file=sys.stderr)
+    return profiles
+
+
+def _memory_service(profiles=None):
+    from mmchat.memory import MemoryService
+
+    return MemoryService(profiles or _profiles())
+
+
+def _cmd_profile_show(args) -> int:
+    import dataclasses
+
+    memory = _memory_service()
+    profile = memory.profile
+    counts = {status: len(memory.memories(statuses=(status,))) for status in ("active", "pending")}
+    if args.json:
+        print(json.dumps({**dataclasses.asdict(profile), "memories": counts}, indent=2))
+        return 0
+    print(f"profile {profile.name} (id {profile.id})")
+    for key in ("display_name", "language", "reply_length", "tone", "expertise", "interests",
+                "custom_instructions", "memory_mode"):
+        print(f"  {key:20} {getattr(profile, key) or '-'}")
+    print(f"  memories             {counts['active']} active, {counts['pending']} pending")
+    return 0
+
+
+def _cmd_profile_set(args) -> int:
+    memory = _memory_service()
+    profile = memory.set_profile(**{args.key: " ".join(args.value)})
+    print(f"{profile.name}: {args.key} = {' '.join(args.value) or '(cleared)'}")
+    return 0
+
+
+def _cmd_profile_export(args) -> int:
+    profiles = _profiles()
+    text = json.dumps(profiles.export_profile(profiles.active_profile().id), indent=2, ensure_ascii=False)
+    if args.file is None:
+        print(text)
+        return 0
+    try:
+        args.file.write_text(text + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise MMChatError(f"Could not write {args.file}: {exc.strerror or exc}.") from exc
+    print(f"profile written to {args.file}", file=sys.stderr)
+    return 0
+
+
+def _cmd_profile_import(args) -> int:
+    from mmchat.memory import import_profile
+
+    try:
+        data = json.loads(args.file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise MMChatError(f"Could not read the profile file {args.file}: {exc}.") from exc
+    counts = import_profile(_memory_service(), data)
+    print(f"imported {counts['fields']} fields, {counts['memories']} memories, {counts['deleted']} deleted facts")
+    return 0
+
+
+def _cmd_profile_wipe(args) -> int:
+    profiles = _profiles()
+    profile = profiles.active_profile()
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise MMChatError("Refusing to wipe without confirmation.", hint="Add --yes.")
+        if input(f"Forget everything about profile {profile.name!r}? [y/N] ").strip().lower() not in ("y", "yes"):
+            return EXIT_ERROR
+    profiles.wipe(profile.id)
+    print(f"profile {profile.name} wiped")
+    return 0
+
+
+def _cmd_profile_list(args) -> int:
+    profiles = _profiles()
+    active = profiles.active_profile().id
+    for p in profiles.profiles():
+        print(f"{'*' if p.id == active else ' '} {p.name}" + (f"  ({p.display_name})" if p.display_name else ""))
+    return 0
+
+
+def _cmd_profile_use(args) -> int:
+    profiles = _profiles()
+    profile = profiles.use_profile(profiles.find_profile(args.name).id)
+    print(f"using profile {profile.name}")
+    return 0
+
+
+def _cmd_profile_create(args) -> int:
+    profiles = _profiles()
+    profile = profiles.use_profile(profiles.create_profile(args.name).id)
+    print(f"created profile {profile.name} and switched to it")
+    return 0
+
+
+def _print_memory(m) -> None:
+    marks = ("📌 " if m.pinned else "") + ("" if m.status == "active" else f"[{m.status}] ")
+    print(f"{m.id:5}  {marks}{m.text or '(deleted)'}{_flag_note(m)}")
+
+
+def _cmd_memory_list(args) -> int:
+    statuses = ("pending", "active", "superseded", "deleted") if args.all else ("pending", "active")
+    for m in _memory_service().memories(statuses=statuses, search=args.search):
+        _print_memory(m)
+    return 0
+
+
+def _cmd_memory_add(args) -> int:
+    memory = _memory_service().add(" ".join(args.text), pinned=args.pin)
+    _print_memory(memory)
+    return 0
+
+
+def _cmd_memory_action(args) -> int:
+    service = _memory_service()
+    action = {"delete": service.delete, "approve": service.approve, "reject": service.reject,
+              "pin": service.pin, "unpin": lambda i: service.pin(i, pinned=False)}[args.action]
+    memory = action(args.id)
+    print(f"memory {memory.id}: {args.action}d" if args.action.endswith("e") else f"memory {memory.id}: {args.action}ned")
+    return 0
+
+
+def _cmd_memory_why(args) -> int:
+    from mmchat.store import ConversationStore
+
+    service = _memory_service()
+    message = ConversationStore(profile_id=service.profile_id).message(args.message)
+    if message is None or message.role != "assistant":
+        raise MMChatError(f"There is no reply {args.message} in this profile.", hint="See `mmchat history ID`.")
+    used = service.why(message)
+    if not used:
+        print("This reply used no memories.")
+    for m in used:
+        _print_memory(m)
+    return 0
+
+
+def _cmd_feedback(args) -> int:
+    from mmchat.feedback import learn
+    from mmchat.store import ConversationStore
+
+    service = _memory_service()
+    rating = {"up": 1, "down": -1, "none": 0}[args.rating]
+    result = learn(service, ConversationStore(profile_id=service.profile_id), message_id=args.message,
+                   rating=rating, correction=args.correction)
+    print("feedback saved" + "".join(f"; {k} = {v}" for k, v in result.changed.items())
+          + (f"; kept as memory {result.memory.id} ({result.memory.status})" if result.memory else ""))
+    return 0
+
+
+def _cmd_eval_feedback(args) -> int:
+    from mmchat.engine import Engine
+    from mmchat.feedback import evaluate_feedback, format_evaluation
+
+    report = evaluate_feedback(Engine(llm=args.model), n=args.n, max_new_tokens=args.max_tokens)
+    print(json.dumps(report, indent=2) if args.json else format_evaluation(report))
     return 0
 
 

@@ -72,6 +72,12 @@ class Settings:
             return Path(self.data_dir).expanduser() / paths.database_path().name
         return paths.database_path()
 
+    def profile_path(self) -> Path:
+        """Where the profile database (profiles, memories, feedback) lives: next to the conversations."""
+        from mmchat.profile import FILE_NAME as PROFILE_FILE
+
+        return self.database_path().parent / PROFILE_FILE
+
     def generation_config(self):
         """These settings as :class:`mmchat.llm.GenerationConfig` (imports the LLM module)."""
         from mmchat.llm import GenerationConfig

@@ -57,7 +57,16 @@ def _v1(conn: sqlite3.Connection) -> None:
     """)
 
 
-MIGRATIONS = (_v1,)
+def _v2(conn: sqlite3.Connection) -> None:
+    """Conversations belong to a local profile (``mmchat.profile``); existing ones to the first."""
+    run_script(conn, """
+        ALTER TABLE conversations ADD COLUMN profile_id INTEGER NOT NULL DEFAULT 1;
+        CREATE INDEX conversations_by_profile ON conversations(profile_id, updated)
+    """)
+
+
+MIGRATIONS = (_v1, _v2)
+DEFAULT_PROFILE_ID = 1  # the profile every conversation from before profiles existed belongs to
 
 
 @dataclass(frozen=True)
@@ -95,11 +104,28 @@ class Conversation:
     message_count: int = 0
 
 
-class ConversationStore:
-    """The conversation database. ``notice`` is set when a broken file had to be moved aside."""
+@dataclass(frozen=True)
+class Turn:
+    """A user message and the reply to it, as retrieved from an earlier conversation."""
 
-    def __init__(self, path: Path | str | None = None) -> None:
+    message_id: int  # the reply's id
+    conversation_id: int
+    question: str
+    reply: str
+
+
+class ConversationStore:
+    """The conversation database. ``notice`` is set when a broken file had to be moved aside.
+
+    A store sees the conversations of one local profile (``profile_id``); switch with
+    :meth:`use_profile`."""
+
+    def __init__(self, path: Path | str | None = None, *, profile_id: int = DEFAULT_PROFILE_ID) -> None:
         self.db = Database(path if path is not None else paths.database_path(), MIGRATIONS)
+        self.profile_id = profile_id
+
+    def use_profile(self, profile_id: int) -> None:
+        self.profile_id = int(profile_id)
 
     @property
     def notice(self) -> str | None:
@@ -116,21 +142,22 @@ class ConversationStore:
     def create_conversation(self, title: str = DEFAULT_TITLE) -> Conversation:
         now = time.time()
         with self.db.transaction() as conn:
-            cur = conn.execute("INSERT INTO conversations (title, created, updated) VALUES (?, ?, ?)",
-                               (title, now, now))
+            cur = conn.execute("INSERT INTO conversations (title, created, updated, profile_id) VALUES (?, ?, ?, ?)",
+                               (title, now, now, self.profile_id))
         return Conversation(cur.lastrowid, title, now, now)
 
     def get_conversation(self, conversation_id: int) -> Conversation | None:
         rows = self.db.query(
             "SELECT c.*, (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id) AS n "
-            "FROM conversations c WHERE c.id = ? AND c.deleted IS NULL", (conversation_id,))
+            "FROM conversations c WHERE c.id = ? AND c.deleted IS NULL AND c.profile_id = ?",
+            (conversation_id, self.profile_id))
         return _conversation(rows[0]) if rows else None
 
     def list_conversations(self, *, search: str | None = None) -> list[Conversation]:
         """Newest first; ``search`` matches titles and message text, case-insensitively."""
         sql = ("SELECT c.*, (SELECT COUNT(*) FROM messages m WHERE m.conversation_id = c.id) AS n "
-               "FROM conversations c WHERE c.deleted IS NULL")
-        params: list = []
+               "FROM conversations c WHERE c.deleted IS NULL AND c.profile_id = ?")
+        params: list = [self.profile_id]
         if search:
             pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             sql += (" AND (c.title LIKE ? ESCAPE '\\' OR EXISTS (SELECT 1 FROM messages m "
@@ -195,8 +222,32 @@ class ConversationStore:
                 "WHERE m.conversation_id = ? ORDER BY a.id", (conversation_id,)):
             by_message.setdefault(a["message_id"], []).append(
                 Attachment(a["kind"], a["mime"], bytes(a["data"]), a["name"], json.loads(a["meta"]), a["id"]))
-        return [Message(r["id"], r["conversation_id"], r["role"], r["content"], r["created"], r["status"],
-                        json.loads(r["meta"]), tuple(by_message.get(r["id"], ()))) for r in rows]
+        return [_message(r, tuple(by_message.get(r["id"], ()))) for r in rows]
+
+    def message(self, message_id: int) -> Message | None:
+        """One message of this profile's conversations (without attachments), or None."""
+        rows = self.db.query("SELECT m.* FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+                             "WHERE m.id = ? AND c.profile_id = ?", (message_id, self.profile_id))
+        return _message(rows[0]) if rows else None
+
+    def update_meta(self, message_id: int, meta: dict) -> None:
+        """Merge ``meta`` into a message's meta (feedback given on a reply, for example)."""
+        with self.db.transaction() as conn:
+            row = conn.execute("SELECT meta FROM messages WHERE id = ?", (message_id,)).fetchone()
+            if row is not None:
+                merged = {**json.loads(row["meta"]), **meta}
+                conn.execute("UPDATE messages SET meta = ? WHERE id = ?", (json.dumps(merged), message_id))
+
+    def turns(self, *, exclude_conversation: int | None = None, limit: int = 200) -> list[Turn]:
+        """Completed replies with the question before them from this profile's other conversations,
+        newest first."""
+        rows = self.db.query(
+            "SELECT a.id, a.conversation_id, a.content, (SELECT u.content FROM messages u "
+            "WHERE u.conversation_id = a.conversation_id AND u.role = 'user' AND u.id < a.id "
+            "ORDER BY u.id DESC LIMIT 1) AS question FROM messages a JOIN conversations c ON c.id = a.conversation_id "
+            "WHERE a.role = 'assistant' AND a.status = 'complete' AND c.deleted IS NULL AND c.profile_id = ? "
+            "AND c.id IS NOT ? ORDER BY a.id DESC LIMIT ?", (self.profile_id, exclude_conversation, limit))
+        return [Turn(r["id"], r["conversation_id"], r["question"] or "", r["content"]) for r in rows if r["content"]]
 
     def truncate_from(self, conversation_id: int, message_id: int) -> int:
         """Delete ``message_id`` and every later message of the conversation (edit-and-resend,
@@ -212,6 +263,11 @@ def _title_from(text: str) -> str:
     if len(line) <= TITLE_CHARS:
         return line or DEFAULT_TITLE
     return line[: TITLE_CHARS - 1].rsplit(" ", 1)[0] + "…"
+
+
+def _message(row: sqlite3.Row, attachments: tuple[Attachment, ...] = ()) -> Message:
+    return Message(row["id"], row["conversation_id"], row["role"], row["content"], row["created"], row["status"],
+                   json.loads(row["meta"]), attachments)
 
 
 def _conversation(row: sqlite3.Row) -> Conversation:
