@@ -125,7 +125,8 @@ def run(*, screenshot: Path | None = None) -> int:
         return _screenshot(app, Path(screenshot))
     loaded = settings_mod.load()
     manager = theme.ThemeManager(app, loaded.settings.theme)
-    app.setWindowIcon(icons.icon("sparkle", theme.current().accent))
+    app_icon = icons.app_icon()
+    app.setWindowIcon(app_icon if not app_icon.isNull() else icons.icon("sparkle", theme.current().accent))
     log_path = _log_to_file()
     try:
         store = ConversationStore(loaded.settings.database_path())
@@ -140,6 +141,7 @@ def run(*, screenshot: Path | None = None) -> int:
         if elapsed is not None:
             log.info("first window painted %.2f s after launch (%.2f s of CPU)", elapsed, time.process_time())
         window.start_background_work()
+        window.maybe_show_welcome()
 
     _FirstPaint(window, painted)
     window.show()
