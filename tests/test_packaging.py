@@ -9,7 +9,6 @@ import importlib.metadata
 import json
 import os
 import shutil
-import site
 import subprocess
 import sys
 import zipfile
@@ -70,7 +69,8 @@ def test_wheel_installs_into_a_fresh_venv_and_finds_its_assets(wheel, tmp_path):
     python = venv / "bin" / "python"
     purelib = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                   capture_output=True, text=True, check=True).stdout.strip())
-    (purelib / "dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    dependencies = [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages")]
+    (purelib / "dependencies.pth").write_text("\n".join(dependencies) + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "--python", str(python),
                     "install", "--no-deps", "--no-index", "-q", str(wheel)], check=True, timeout=BUILD_TIMEOUT_S)
     env = dict(os.environ, MMCHAT_DATA_DIR=str(tmp_path / "data"), PYTHONPATH="")
