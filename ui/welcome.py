@@ -54,6 +54,7 @@ class WelcomeDialog(QDialog):
         self.progress_label = QLabel(objectName="noticeLabel")
         self.progress_label.setTextFormat(Qt.TextFormat.PlainText)
         self.progress = QProgressBar()
+        self.progress.setTextVisible(False)
         self.progress.setRange(0, 1000)
         self.progress.hide()
         layout.addWidget(self.progress_label)
@@ -65,7 +66,7 @@ class WelcomeDialog(QDialog):
         buttons.accepted.connect(self.accept)
         layout.addWidget(buttons)
         self._states: dict[str, object] = {}
-        self.resize(600, 440)
+        self.resize(600, 380)
 
     def update_status(self, status) -> None:
         """One :class:`mmchat.engine.SlotStatus`: the conversion's progress, or which models are ready."""
