@@ -45,6 +45,10 @@ assert not missing, f"the bundle lacks the model files of {missing}"
 assert report["features"]["qt"]["ok"], report["features"]["qt"]
 print(f"mmchat: smoke doctor ok (mmchat {report['mmchat']}, assets {report['paths']['assets']})", file=sys.stderr)
 PY
+if command -v desktop-file-validate >/dev/null; then
+    desktop-file-validate "$root/packaging/mmchat.desktop"
+    echo "mmchat: desktop-file-validate packaging/mmchat.desktop: ok" >&2
+fi
 if [[ "${MMCHAT_SMOKE_CHAT:-0}" == 1 ]]; then
     "$app" chat --temporary --seed 0 --max-tokens 16 --once "What is the capital of France? One word."
 fi

@@ -39,9 +39,10 @@ def test_window_screenshot_in_each_theme(name, tmp_path):
     out = SHOTS / f"app-{name}.png"
     out.unlink(missing_ok=True)
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen", MMCHAT_DATA_DIR=str(data))
-    result = subprocess.run([sys.executable, "-m", "mmchat.cli", "app", "--screenshot", str(out)],
+    result = subprocess.run([sys.executable, "-m", "mmchat.cli", "-v", "app", "--screenshot", str(out)],
                             capture_output=True, text=True, timeout=180, env=env)
     assert result.returncode == 0, result.stderr
+    assert "screenshot saved" in result.stderr and "welcome" not in result.stderr  # never in screenshots
     image = QImage(str(out))
     assert (image.width(), image.height()) == SIZE
     lightness = _mean_lightness(image)

@@ -80,3 +80,42 @@ def test_about_dialog_shows_what_doctor_reports(qtbot, make_window):
     about.grab().save(str(SHOTS / "about.png"))
     about.close()
     help_dialog.close()
+
+
+def _app_log_until(data_dir: Path, pattern: bytes, *, timeout_s: float = 90, linger_s: float = 0) -> bytes:
+    """Run ``mmchat -v app`` until its log shows ``pattern`` (or it times out) and ``linger_s`` more,
+    then stop it; its log."""
+    import os
+    import selectors
+    import signal
+    import subprocess
+    import time
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", MMCHAT_DATA_DIR=str(data_dir))
+    process = subprocess.Popen([sys.executable, "-m", "mmchat.cli", "-v", "app"], stderr=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, env=env, start_new_session=True)
+    selector = selectors.DefaultSelector()
+    selector.register(process.stderr, selectors.EVENT_READ)
+    log, deadline = b"", time.monotonic() + timeout_s
+    try:
+        while pattern not in log and time.monotonic() < deadline and process.poll() is None:
+            if selector.select(timeout=1):
+                log += process.stderr.readline()
+        until = time.monotonic() + linger_s
+        while time.monotonic() < until and process.poll() is None:
+            if selector.select(timeout=max(0.0, until - time.monotonic())):
+                log += process.stderr.readline()
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    return log
+
+
+def test_the_app_shows_the_welcome_on_the_first_start_only(tmp_path):
+    first = _app_log_until(tmp_path / "first", b"first-run welcome")
+    assert b"showing the first-run welcome" in first, first.decode(errors="replace")[-2000:]
+    seen = tmp_path / "seen"
+    settings_mod.save(Settings(welcome_shown=True), seen / settings_mod.FILE_NAME)
+    later = _app_log_until(seen, b"first window painted", linger_s=3)  # the welcome would follow at once
+    assert b"first window painted" in later and b"first-run welcome" not in later

@@ -601,6 +601,7 @@ class MainWindow(QMainWindow):
             dialog.update_status(status)
         dialog.finished.connect(self._welcome_closed)
         self._welcome = dialog
+        log.info("showing the first-run welcome")
         dialog.show()
         return dialog
 
