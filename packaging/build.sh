@@ -5,23 +5,26 @@
 #   PYTHON=...                 interpreter whose environment is bundled (default: .venv/bin/python)
 #   MMCHAT_BUNDLE_MODELS=all   all | default | none: which model packages' files go in (see mmchat.spec)
 #   MMCHAT_SMOKE_CHAT=1        also answer one chat message with the bundled LLM (minutes on first run)
+#   MMCHAT_SKIP_BUILD=1        only smoke-run the bundle already in dist/mmchat
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 python=${PYTHON:-$root/.venv/bin/python}
 dist="$root/dist"
 cd "$root"
 
-if ! "$python" -m PyInstaller --version >/dev/null 2>&1; then
-    echo "mmchat: installing PyInstaller into $("$python" -c 'import sys; print(sys.prefix)')" >&2
-    "$python" -m pip --disable-pip-version-check -q install "pyinstaller>=6.10"
-fi
-
 start=$(date +%s)
-"$python" -m PyInstaller --noconfirm --log-level WARN --distpath "$dist" --workpath "$root/build/pyinstaller" \
-    "$root/packaging/mmchat.spec"
+if [[ "${MMCHAT_SKIP_BUILD:-0}" != 1 ]]; then
+    if ! "$python" -m PyInstaller --version >/dev/null 2>&1; then
+        echo "mmchat: installing PyInstaller into $("$python" -c 'import sys; print(sys.prefix)')" >&2
+        "$python" -m pip --disable-pip-version-check -q install "pyinstaller>=6.10"
+    fi
+    "$python" -m PyInstaller --noconfirm --log-level WARN --distpath "$dist" --workpath "$root/build/pyinstaller" \
+        "$root/packaging/mmchat.spec"
+fi
 build_s=$(( $(date +%s) - start ))
 app="$dist/mmchat/mmchat"
-echo "mmchat: built $app in ${build_s} s; bundle size $(du -sh "$dist/mmchat" | cut -f1)" >&2
+[[ -x "$app" ]] || { echo "mmchat: no bundle at $app" >&2; exit 1; }
+echo "mmchat: $app built in ${build_s} s; bundle size $(du -sh "$dist/mmchat" | cut -f1)" >&2
 
 # Smoke runs, with a throwaway data folder (the user's conversations and settings are never read).
 smoke=$(mktemp -d)
