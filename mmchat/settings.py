@@ -65,6 +65,8 @@ class Settings:
     # Data and privacy.
     data_dir: str = ""  # folder of the conversation database ("" = the default data folder)
     temporary_by_default: bool = False  # new chats are temporary (never stored)
+    # First run.
+    welcome_shown: bool = False  # the welcome was shown and closed once
 
     def database_path(self) -> Path:
         """Where the conversation database lives under these settings."""

@@ -119,7 +119,8 @@ def start(app: QApplication, *, services=None) -> MainWindow:
     notices (a database moved aside, damaged settings) are shown in the window's banner."""
     loaded = settings_mod.load()
     manager = theme.ThemeManager(app, loaded.settings.theme)
-    app.setWindowIcon(icons.icon("sparkle", theme.current().accent))
+    app_icon = icons.app_icon()
+    app.setWindowIcon(app_icon if not app_icon.isNull() else icons.icon("sparkle", theme.current().accent))
     log_path = log_to_file()
     store, store_notice = _open_store(loaded)
     window = MainWindow(store=store, settings=loaded.settings, services=services or default_services(),
@@ -143,6 +144,7 @@ def run(*, screenshot: Path | None = None) -> int:
         if elapsed is not None:
             log.info("first window painted %.2f s after launch (%.2f s of CPU)", elapsed, time.process_time())
         window.start_background_work()
+        window.maybe_show_welcome()
 
     _FirstPaint(window, painted)
     window.show()

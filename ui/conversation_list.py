@@ -79,7 +79,7 @@ class ConversationList(QFrame):
         bottom = QHBoxLayout()
         self.settings_button = self._tool("settings", "Settings (Ctrl+,)")
         self.settings_button.clicked.connect(self.settings_requested)
-        self.help_button = self._tool("help", "Keyboard shortcuts (F1)")
+        self.help_button = self._tool("help", "Keyboard shortcuts and About (F1)")
         self.help_button.clicked.connect(self.help_requested)
         bottom.addWidget(self.settings_button)
         bottom.addStretch(1)

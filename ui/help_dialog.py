@@ -1,9 +1,10 @@
-"""Help → Keyboard shortcuts: every shortcut the window binds, from one table."""
+"""Help → Keyboard shortcuts: every shortcut the window binds, from one table; and the way to About."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QDialog, QDialogButtonBox, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QLabel, QPushButton, QTableWidget, QTableWidgetItem,
+                               QVBoxLayout)
 
 SHORTCUTS = (
     ("Enter", "Send the message"),
@@ -29,6 +30,8 @@ SHORTCUTS = (
 
 
 class HelpDialog(QDialog):
+    about_requested = Signal()
+
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Keyboard shortcuts")
@@ -55,6 +58,9 @@ class HelpDialog(QDialog):
         self.table.horizontalHeader().setStretchLastSection(True)
         layout.addWidget(self.table)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        self.about_button = QPushButton("About mmchat")
+        self.about_button.clicked.connect(self.about_requested)
+        buttons.addButton(self.about_button, QDialogButtonBox.ButtonRole.HelpRole)
         buttons.rejected.connect(self.reject)
         layout.addWidget(buttons)
         self.resize(560, 560)

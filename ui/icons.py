@@ -101,6 +101,16 @@ class _SvgIconEngine(QIconEngine):
 _clones: list[_SvgIconEngine] = []
 
 
+def app_icon() -> QIcon:
+    """The application icon: the PNG sizes rendered from ``assets/icons/mmchat.svg`` (empty if absent)."""
+    from mmchat import paths
+
+    result = QIcon()
+    for png in sorted((paths.assets_dir() / "icons" / "hicolor").glob("*/apps/mmchat.png")):
+        result.addFile(str(png))
+    return result
+
+
 @lru_cache(maxsize=256)
 def icon(name: str, colour: str) -> QIcon:
     """The icon ``name`` drawn in ``colour`` (any CSS colour string), rendered on demand."""

@@ -91,6 +91,7 @@ class MainWindow(QMainWindow):
         self._bridge.status.connect(self._engine_status, QUEUED)
         self.engine = None
         self._reply: AssistantMessage | None = None
+        self._welcome = None  # the first-run welcome while it is open
         self._reply_text = ""
         self._render_timer = QTimer(self, singleShot=True, interval=RENDER_INTERVAL_MS)
         self._render_timer.timeout.connect(self._render_reply)
@@ -244,6 +245,8 @@ class MainWindow(QMainWindow):
     def _engine_status(self, engine, status) -> None:
         if engine is self.engine:
             self.status.update_status(status)
+            if self._welcome is not None:
+                self._welcome.update_status(status)
 
     def start_background_work(self) -> None:
         """After the window shows: load the models and find out about microphone and speakers."""
@@ -571,8 +574,41 @@ class MainWindow(QMainWindow):
     def show_help(self) -> None:
         dialog = HelpDialog(self)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.about_requested.connect(self.show_about)
         dialog.show()
         self._help = dialog
+
+    def show_about(self):
+        """Help → About: versions, models and licences, data paths (``mmchat doctor``'s report)."""
+        from mmchat_ui.about_dialog import AboutDialog
+
+        dialog = AboutDialog(self.runner, parent=self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.show()
+        self._about = dialog
+        return dialog
+
+    def maybe_show_welcome(self):
+        """The first-run welcome, unless it was shown before (the app calls this after the first paint)."""
+        if self.settings.welcome_shown or self._welcome is not None:
+            return None
+        from mmchat import paths
+        from mmchat_ui.welcome import WelcomeDialog
+
+        dialog = WelcomeDialog(data_dir=self.settings.database_path().parent, cache_dir=paths.cache_dir(), parent=self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        for status in self.engine.status().values():
+            dialog.update_status(status)
+        dialog.finished.connect(self._welcome_closed)
+        self._welcome = dialog
+        log.info("showing the first-run welcome")
+        dialog.show()
+        return dialog
+
+    def _welcome_closed(self, _result: int = 0) -> None:
+        self._welcome = None
+        if not self.settings.welcome_shown:
+            self._apply_settings(replace(self.settings, welcome_shown=True))
 
     def open_settings(self) -> None:
         from mmchat_ui.settings_dialog import SettingsDialog
