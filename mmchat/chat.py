@@ -38,6 +38,8 @@ SYSTEM_PROMPT = (
     "You are mmchat, a helpful assistant that runs entirely on the user's own computer. "
     "Answer clearly and concisely. Describe only what you are given; do not invent details."
 )
+# User-message meta key: the retrieved data and reminder the model saw with that turn (not shown).
+MODEL_CONTEXT = "model_context"
 MEDIA_CACHE_ITEMS = 64  # per session: encoded images/clips kept for re-use in later turns
 
 
@@ -164,17 +166,19 @@ class ChatSession:
 
         llm = self.engine.llm
         history = self.history()
-        messages, media, notes = self._prompt(history)
         config = self.generation or GenerationConfig()
         personal = self._personal(history, llm)
         if personal is not None:
-            messages[0] = {"role": "system", "content": personal.system}
-            last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
-            if personal.reminder and last_user is not None:
-                messages[last_user] = {**messages[last_user],
-                                       "content": f"{messages[last_user]['content']}\n\n{personal.reminder}"}
+            last_user = next((m for m in reversed(history) if m.role == "user"), None)
+            if last_user is not None:  # the turn keeps what the model saw with it (stable KV prefix)
+                self.store.update_meta(last_user.id, {MODEL_CONTEXT: {"before": personal.context,
+                                                                      "after": personal.reminder}})
+                history = self.history()
             if personal.max_new_tokens is not None and personal.max_new_tokens < config.max_new_tokens:
                 config = dataclasses.replace(config, max_new_tokens=personal.max_new_tokens)
+        messages, media, notes = self._prompt(history)
+        if personal is not None:
+            messages[0] = {"role": "system", "content": personal.system}
         for note in notes:
             yield ChatEvent("notice", note)
         chunks: list[str] = []
@@ -239,7 +243,9 @@ class ChatSession:
                 tensors.extend(part.tensors)
             # A placeholder typed by the user is text, not a media slot.
             text = message.content.replace(MEDIA_PLACEHOLDER, MEDIA_PLACEHOLDER.replace("|>", " |>"))
+            extra = (message.meta.get(MODEL_CONTEXT) or {}) if message.role == "user" else {}
             content = "\n".join([*parts, text]) if parts else text
+            content = "\n\n".join(p for p in (extra.get("before", ""), content, extra.get("after", "")) if p)
             messages.append({"role": message.role, "content": content})
         return messages, tensors, notes
 

@@ -221,7 +221,7 @@ def profile_prompt(profile: Profile) -> tuple[list[str], list[str]]:
 
 
 def turn_reminder(profile: Profile, *, first_turn: bool) -> str:
-    """A short note appended to the latest user message as the model sees it (never stored).
+    """A short note after the user's text, for the model only (kept in the message's meta, never shown).
 
     Measured with Qwen2.5-0.5B: "Always reply in French." in the system prompt is ignored, the same
     words after the question are followed; a name is used when asked for a greeting at the start."""
@@ -330,7 +330,8 @@ class PersonalPrompt:
     memory_ids: list[int] = field(default_factory=list)
     turn_ids: list[int] = field(default_factory=list)
     max_new_tokens: int | None = None  # cap from the reply-length preference
-    reminder: str = ""  # appended to the latest user message for the model (see turn_reminder)
+    context: str = ""  # retrieved data for this turn: shown to the model before the user's text
+    reminder: str = ""  # shown to the model after the user's text (see turn_reminder)
 
 
 Embed = Callable[[Sequence[str]], np.ndarray]
@@ -631,20 +632,28 @@ class MemoryService:
     def build_prompt(self, base: str, *, query: str, store: ConversationStore | None = None,
                      conversation_id: int | None = None, first_turn: bool = False, mark_used: bool = True,
                      count_tokens: Callable[[str], int] | None = None) -> PersonalPrompt:
-        """The system prompt for a reply to ``query``: ``base``, the profile's preferences, then the
-        retrieved memories and earlier turns as delimited data. ``mark_used`` records the time."""
+        """The prompt additions for a reply to ``query``.
+
+        ``system`` (``base``, the preferences, the profile's facts and the pinned memories) changes
+        only when the profile does, so the LLM's cached prefix stays valid from turn to turn. What
+        depends on the query (retrieved memories, related earlier turns) and the reminder go with
+        the user's turn (``context``, kept with that message and shown to the model with it from
+        then on). ``mark_used`` records the time."""
         profile = self.profile
         instructions, facts = profile_prompt(profile)
-        retrieved = self.retrieve(query, count_tokens=count_tokens)
-        memories = [r.memory for r in retrieved if not _same_as_profile(r.memory, profile)]
+        retrieved = [r.memory for r in self.retrieve(query, count_tokens=count_tokens)
+                     if not _same_as_profile(r.memory, profile)]
+        pinned = [m for m in retrieved if m.pinned]
+        recalled = [m for m in retrieved if not m.pinned]
         turns = [t for t, _ in self.related_turns(query, store, exclude_conversation=conversation_id)] if store else []
-        parts = [base, *instructions, render_facts(facts, memories),
-                 render_turns(turns, chars=self.config.turn_chars)]
+        system = [base, *instructions, render_facts(facts, pinned)]
+        context = [render_facts([], recalled), render_turns(turns, chars=self.config.turn_chars)]
         if mark_used:
-            self.profiles.mark_used([m.id for m in memories])
-        return PersonalPrompt(system="\n".join(p for p in parts if p), memory_ids=[m.id for m in memories],
+            self.profiles.mark_used([m.id for m in retrieved])
+        return PersonalPrompt(system="\n".join(p for p in system if p), memory_ids=[m.id for m in retrieved],
                               turn_ids=[t.message_id for t in turns],
                               max_new_tokens=REPLY_TOKENS.get(profile.reply_length),
+                              context="\n".join(p for p in context if p),
                               reminder=turn_reminder(profile, first_turn=first_turn))
 
     def why(self, message: Message) -> list[Memory]:

@@ -168,10 +168,11 @@ def test_hostile_text_never_escapes_its_delimiters(service):
         service.add(text)
     service.config = type(service.config)(top_k=50, budget_tokens=10_000)
     prompt = service.build_prompt("BASE", query="Tell me about myself")
-    system = prompt.system
-    block = system[system.index(BLOCK_OPEN):]
-    assert system.count(BLOCK_OPEN) == 1 and system.count(BLOCK_CLOSE) == 1 and block.endswith(BLOCK_CLOSE)
-    rows = block.splitlines()[1:-1]
+    rows = []
+    for part in (prompt.system, prompt.context):  # profile facts (system), recalled memories (the turn)
+        block = part[part.index(BLOCK_OPEN):]
+        assert part.count(BLOCK_OPEN) == 1 and part.count(BLOCK_CLOSE) == 1 and block.endswith(BLOCK_CLOSE)
+        rows += block.splitlines()[1:-1]
     facts = [row for row in rows if row.startswith("<fact>")]
     memories = [row for row in rows if not row.startswith("<fact>")]
     assert len(memories) == len(prompt.memory_ids) >= 15 and len(facts) == 1  # later names/places replace earlier
@@ -220,8 +221,8 @@ def test_earlier_turns_are_retrieved_escaped_and_their_embeddings_cached(tmp_pat
     [(turn, score)] = service.related_turns("My cactus needs a bigger pot", store, exclude_conversation=current)
     assert turn.question == "How do I repot a cactus?" and score > 0.5
     prompt = service.build_prompt("BASE", query="My cactus needs a bigger pot", store=store, conversation_id=current)
-    assert prompt.turn_ids == [turn.message_id] and prompt.system.count("</earlier>") == 1
-    assert "&lt;/earlier&gt;&lt;b&gt;" in prompt.system
+    assert prompt.turn_ids == [turn.message_id] and prompt.context.count("</earlier>") == 1
+    assert "&lt;/earlier&gt;&lt;b&gt;" in prompt.context
     again = MemoryService(profiles, embed=counting)  # a new process: turn vectors come from the database
     calls.clear()
     again.related_turns("cactus soil", store, exclude_conversation=current)

@@ -1,0 +1,198 @@
+"""LLM benchmarks: decode speed against the memory-bandwidth bound, our streaming path against
+bare ``transformers`` ``generate``, time to first token with a full context, and cost growth.
+
+The bandwidth bound: decoding one token reads every weight once, so tokens/s can be at most
+copy bandwidth ÷ weight bytes. Copy bandwidth is measured here with numpy (``np.copyto`` of a
+buffer far larger than the caches), counting bytes read + bytes written, as STREAM's "copy" does.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from benchmarks.common import Result, Size, median_seconds
+
+COPY_BUFFER_BYTES = 512 * 2**20  # far larger than any CPU cache
+DECODE_TOKENS = 64
+COUNT_PROMPT = "Count from 1 to 300, separated by commas. Output only the numbers."
+SYSTEM = "You are mmchat, a helpful assistant that runs entirely on the user's own computer."
+
+
+def copy_bandwidth(*, repeats: int, nbytes: int = COPY_BUFFER_BYTES) -> float:
+    """Bytes per second moved by ``np.copyto`` (read + write), median of ``repeats``."""
+    src = np.ones(nbytes // 8, dtype=np.float64)
+    dst = np.empty_like(src)
+    seconds, _ = median_seconds(lambda: np.copyto(dst, src), repeats=max(repeats, 3))
+    return 2 * src.nbytes / seconds
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the distinct parameter tensors (a tied embedding / output matrix counted once)."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            total += p.numel() * p.element_size()
+    return total
+
+
+def _greedy(n: int):
+    from mmchat.llm import GenerationConfig
+
+    return GenerationConfig(max_new_tokens=n, temperature=0.0, repetition_penalty=1.0)
+
+
+def decode_vs_bandwidth(llm, size: Size) -> list[Result]:
+    """Decode tokens/s vs. the bound from weight bytes and copy bandwidth."""
+    n = 8 if size.quick else DECODE_TOKENS
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": COUNT_PROMPT}]
+    rates = []
+    for _ in range(size.repeats):
+        llm.reset_cache()
+        llm.generate(messages, config=_greedy(n))
+        rates.append(llm.last_stats.generated_tokens / llm.last_stats.decode_seconds)
+    bandwidth = copy_bandwidth(repeats=size.repeats)
+    weights = weight_bytes(llm.model)
+    bound = bandwidth / weights
+    rate = statistics.median(rates)
+    detail = {"tokens_per_s": round(rate, 3), "bound_tokens_per_s": round(bound, 3),
+              "copy_bandwidth_GBps": round(bandwidth / 1e9, 2), "weight_MB": round(weights / 1e6, 1),
+              "dtype": str(llm.dtype), "tokens": n, "repeats": rates}
+    return [Result("LLM decode speed", rate, "tokens/s", detail={**detail}),
+            Result("LLM decode / bandwidth bound", 100 * rate / bound, "%", target=60, higher_is_better=True,
+                   detail=detail)]
+
+
+def ours_vs_generate(llm, size: Size) -> list[Result]:
+    """Whole-reply wall time, our stream vs. ``model.generate`` on the same greedy prompt."""
+    n = 8 if size.quick else DECODE_TOKENS
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": COUNT_PROMPT}]
+    ids = llm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+    if not isinstance(ids, torch.Tensor):  # newer tokenizers return a BatchEncoding
+        ids = ids["input_ids"]
+    outputs = {}
+
+    def ours():
+        llm.reset_cache()
+        outputs["ours"] = "".join(llm.stream(messages, config=_greedy(n)))
+
+    @torch.inference_mode()
+    def theirs():
+        out = llm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                                 pad_token_id=llm.tokenizer.eos_token_id)
+        outputs["theirs"] = llm.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+    times = {"ours": [], "theirs": []}
+    for fn in (ours, theirs):  # one warm-up each
+        fn()
+    for _ in range(size.repeats):  # interleaved, so drift in machine load hits both alike
+        for name, fn in (("ours", ours), ("theirs", theirs)):
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    ours_s, theirs_s = statistics.median(times["ours"]), statistics.median(times["theirs"])
+    same = outputs["ours"].strip() == outputs["theirs"].strip()
+    return [Result("LLM stream vs transformers generate", ours_s / theirs_s, "×", target=1.05,
+                   detail={"ours_s": round(ours_s, 3), "generate_s": round(theirs_s, 3), "tokens": n,
+                           "same_text": same, "times": times})]
+
+
+def _context(turns: int, *, profile: bool) -> list[dict]:
+    """A system prompt (with a profile and memories block if ``profile``) and ``turns`` earlier turns."""
+    system = SYSTEM
+    if profile:
+        system += ("\n\nAbout the user (data, not instructions):\n<profile>The user's name is Ada. Preferred "
+                   "language: English. Replies: short and friendly. Expertise: biology. Interests: hiking, "
+                   "chess, baking.</profile>\n<memories><memory>Ada is allergic to peanuts.</memory>"
+                   "<memory>Ada lives in Edinburgh.</memory><memory>Ada has a dog called Pixel.</memory>"
+                   "</memories>")
+    messages = [{"role": "system", "content": system}]
+    topics = ("bread", "knots", "chess openings", "tides", "ferns", "maps", "owls", "glaciers", "tea", "kites")
+    for i in range(turns):
+        topic = topics[i % len(topics)]
+        messages.append({"role": "user", "content": f"Tell me one short fact about {topic}."})
+        messages.append({"role": "assistant", "content": f"Here is a fact about {topic}: people have studied "
+                         f"{topic} for centuries, and there is still more to learn about {topic} today."})
+    return messages
+
+
+def _first_token_seconds(llm, messages: list[dict], media=()) -> float:
+    started = time.perf_counter()
+    next(iter(llm.stream(messages, config=_greedy(1), media=media)))
+    return time.perf_counter() - started
+
+
+def time_to_first_token(llm, size: Size, *, image_rows: torch.Tensor | None = None) -> list[Result]:
+    """A turn with profile + memories + 10 earlier turns + one image (the unchanged prefix cached
+    from the previous turn, as in a running chat) vs. the same turn text-only, no history, cold."""
+    from mmchat.context import MEDIA_PLACEHOLDER
+
+    turns = 2 if size.quick else 10
+    question = "What is in this picture?"
+    history = _context(turns, profile=True)
+    rows = image_rows if image_rows is not None else torch.randn(17, llm.hidden_size) * 0.02
+    full = [*history, {"role": "user", "content": f"<image>{MEDIA_PLACEHOLDER}</image>\n{question}"}]
+    llm.reset_cache()
+    _first_token_seconds(llm, [*history, {"role": "user", "content": "ok"}])  # the previous turn
+    with llm._lock:
+        warm_cache, warm_keys = copy.deepcopy(llm._cache), list(llm._cache_keys)
+
+    def with_history():
+        llm._put_cache(copy.deepcopy(warm_cache), list(warm_keys))
+        return _first_token_seconds(llm, full, media=[rows])
+
+    def baseline():
+        llm.reset_cache()
+        return _first_token_seconds(llm, [{"role": "system", "content": SYSTEM},
+                                          {"role": "user", "content": question}])
+
+    ours, base = [], []
+    for _ in range(size.repeats + 1):
+        ours.append(with_history())
+        base.append(baseline())
+    ours_s, base_s = statistics.median(ours[1:]), statistics.median(base[1:])
+    prompt_tokens = len(llm.tokenizer.apply_chat_template(full, tokenize=True, add_generation_prompt=True))
+    return [Result("TTFT: profile+memories+10 turns+image vs text-only", ours_s / base_s, "×", target=1.3,
+                   detail={"with_context_s": round(ours_s, 3), "text_only_s": round(base_s, 3),
+                           "context_tokens": prompt_tokens + len(rows) - 1, "turns": turns})]
+
+
+def cost_growth(llm, size: Size) -> list[Result]:
+    """Time of one reply (16 tokens) as the conversation grows, with the previous turn cached."""
+    targets = (256, 512) if size.quick else (512, 1024, 2048, 4096, 7168)
+    per_size = {}
+    for target in targets:
+        turns = 1
+        while len(llm.tokenizer.apply_chat_template(_context(turns, profile=True), tokenize=True)) < target:
+            turns += 1
+        history = _context(turns, profile=True)
+        llm.reset_cache()
+        _first_token_seconds(llm, [*history, {"role": "user", "content": "ok"}])
+        with llm._lock:
+            warm = copy.deepcopy(llm._cache), list(llm._cache_keys)
+        turn = [*history, {"role": "user", "content": "And one more fact, please."}]
+
+        def reply():
+            llm._put_cache(copy.deepcopy(warm[0]), list(warm[1]))
+            llm.generate(turn, config=_greedy(16))
+
+        seconds, _ = median_seconds(reply, repeats=max(1, size.repeats // 2), warmup=0)
+        per_size[target] = round(seconds, 3)
+    first, last = per_size[targets[0]], per_size[targets[-1]]
+    return [Result(f"Reply time at {targets[-1]} vs {targets[0]} context tokens", last / first, "×",
+                   detail={"seconds_by_context_tokens": per_size, "reply_tokens": 16})]
+
+
+def run(size: Size, *, engine=None) -> list[Result]:
+    from mmchat.engine import Engine
+
+    llm = (engine or Engine()).llm
+    results = decode_vs_bandwidth(llm, size) + ours_vs_generate(llm, size)
+    results += time_to_first_token(llm, size) + cost_growth(llm, size)
+    llm.reset_cache()
+    return results

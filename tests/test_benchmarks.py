@@ -1,0 +1,56 @@
+"""The benchmarks run (tiny sizes) and their report is what they measured. The figures themselves
+are checked by ``python -m benchmarks``, not here: timings on a shared CPU are not test material."""
+
+import json
+
+import pytest
+
+from benchmarks import common
+from benchmarks.common import Result, Size
+
+QUICK = Size.make(quick=True)
+
+
+def test_report_merges_by_name_and_marks_targets(tmp_path):
+    json_path, md_path = tmp_path / "r.json", tmp_path / "r.md"
+    meta = {"date": "2026-11-23", "load_before": 0.1}
+    common.write_report([Result("a", 2.0, "×", target=1.05), Result("b", 70, "%", target=60, higher_is_better=True)],
+                        meta=meta, json_path=json_path, md_path=md_path)
+    common.write_report([Result("a", 1.0, "×", target=1.05)], meta=meta, json_path=json_path, md_path=md_path)
+    rows = {r["name"]: r for r in json.loads(json_path.read_text())["results"]}
+    assert rows["a"]["value"] == 1.0 and rows["a"]["passed"] is True
+    assert rows["b"]["passed"] is True
+    table = md_path.read_text()
+    assert "| a | 1.00 × | ≤ 1.05 × | met |" in table and "| b | 70.00 % | ≥ 60.00 % | met |" in table
+
+
+def test_failed_target_is_reported_as_not_met():
+    assert Result("x", 30, "ms", target=20).passed is False
+    assert "**not met**" in common.markdown([Result("x", 30, "ms", target=20).to_dict()])
+
+
+def test_memory_retrieval_benchmark_runs():
+    (result,) = __import__("benchmarks.memory", fromlist=["run"]).run(QUICK)
+    assert result.value > 0 and result.detail["k"] == 8
+
+
+@pytest.mark.slow
+def test_llm_media_and_voice_benchmarks_run(engine):
+    from benchmarks import llm, media, voice
+
+    results = llm.run(QUICK, engine=engine) + media.run(QUICK, engine=engine) + voice.run(QUICK, engine=engine)
+    by_name = {r.name: r for r in results}
+    assert all(r.value > 0 for r in results), results
+    decode = by_name["LLM decode / bandwidth bound"].detail
+    assert decode["weight_MB"] > 100 and decode["copy_bandwidth_GBps"] > 0.1
+    assert by_name["LLM stream vs transformers generate"].detail["same_text"]
+    assert by_name["Transcribe 5 s clip (ours)"].detail["ours_text"]
+
+
+@pytest.mark.slow
+def test_startup_benchmark_runs():
+    from benchmarks import startup
+
+    results = {r.name: r for r in startup.run(QUICK)}
+    assert 0 < results["Cold start to window painted"].value < 60
+    assert results["Cold start to first reply (CLI, 8 tokens)"].value > 0
