@@ -10,7 +10,7 @@ import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from benchmarks.common import RESULTS_JSON, RESULTS_MD, Size, machine, markdown, write_report  # noqa: E402
+from benchmarks.common import RESULTS_JSON, RESULTS_MD, Size, machine, table_row, write_report  # noqa: E402
 
 SUITES = ("llm", "media", "voice", "memory", "startup", "gui")
 
@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         got = module.run(size, engine=engine)
         print(f"[{name}: {time.perf_counter() - started:.0f} s]", file=sys.stderr)
         results.extend(got)
-        print(markdown([{**r.to_dict(), "meta": meta} for r in got]).split("|---|---|---|---|---|\n")[1], end="")
+        for r in got:
+            print(table_row({**r.to_dict(), "meta": meta}))
     if not args.no_write and not args.quick:
         write_report(results, meta=meta)
         print(f"wrote {RESULTS_JSON} and {RESULTS_MD}", file=sys.stderr)

@@ -112,15 +112,19 @@ def markdown(rows: list[dict]) -> str:
              "Written by `python -m benchmarks` (see `benchmarks/`); each figure is the median of repeats, and",
              "ratios compare ours with a baseline measured in the same run on the same machine.", "",
              "| benchmark | value | target | result | measured |", "|---|---|---|---|---|"]
-    for r in rows:
-        op = "≥" if r.get("higher_is_better") else "≤"
-        target = "" if r.get("target") is None else f"{op} {_fmt(r['target'])} {r['unit']}"
-        verdict = {True: "met", False: "**not met**", None: "—"}[r.get("passed")]
-        meta = r.get("meta", {})
-        when = f"{meta.get('date', '')}, load {meta.get('load_before', '?')}"
-        lines.append(f"| {r['name']} | {_fmt(r['value'])} {r['unit']} | {target} | {verdict} | {when} |")
+    lines += [table_row(r) for r in rows]
     lines += ["", "Details (baselines, repeats, sizes) are in `benchmarks/results.json`.", ""]
     return "\n".join(lines)
+
+
+def table_row(r: dict) -> str:
+    """One result (``Result.to_dict()`` plus ``meta``) as a Markdown table row."""
+    op = "≥" if r.get("higher_is_better") else "≤"
+    target = "" if r.get("target") is None else f"{op} {_fmt(r['target'])} {r['unit']}"
+    verdict = {True: "met", False: "**not met**", None: "—"}[r.get("passed")]
+    meta = r.get("meta", {})
+    when = f"{meta.get('date', '')}, load {meta.get('load_before', '?')}"
+    return f"| {r['name']} | {_fmt(r['value'])} {r['unit']} | {target} | {verdict} | {when} |"
 
 
 def _fmt(value: float) -> str:

@@ -121,29 +121,43 @@ def _context(turns: int, *, profile: bool) -> list[dict]:
     return messages
 
 
+def _prompt_tokens(llm, messages: list[dict]) -> int:
+    """Tokens of ``messages`` rendered by the chat template (with the generation prompt)."""
+    return llm.count_tokens(llm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+
 def _first_token_seconds(llm, messages: list[dict], media=()) -> float:
     started = time.perf_counter()
     next(iter(llm.stream(messages, config=_greedy(1), media=media)))
     return time.perf_counter() - started
 
 
-def time_to_first_token(llm, size: Size, *, image_rows: torch.Tensor | None = None) -> list[Result]:
+def _warm_state(llm, history: list[dict]):
+    """A function that puts back the KV cache a running chat holds after ``history`` (its last
+    reply included), so each repeat starts from the same cache."""
+    llm.reset_cache()
+    _first_token_seconds(llm, [*history, {"role": "user", "content": "ok"}])  # the previous turn
+    with llm._lock:
+        cache, keys = copy.deepcopy(llm._cache), list(llm._cache_keys)
+    return lambda: llm._put_cache(copy.deepcopy(cache), list(keys))
+
+
+def time_to_first_token(llm, size: Size) -> list[Result]:
     """A turn with profile + memories + 10 earlier turns + one image (the unchanged prefix cached
     from the previous turn, as in a running chat) vs. the same turn text-only, no history, cold."""
     from mmchat.context import MEDIA_PLACEHOLDER
+    from mmchat.fusion import FusionConfig
 
     turns = 2 if size.quick else 10
     question = "What is in this picture?"
     history = _context(turns, profile=True)
-    rows = image_rows if image_rows is not None else torch.randn(17, llm.hidden_size) * 0.02
+    # An image token group of the fusion's size (its values do not change the cost).
+    rows = torch.randn(FusionConfig(llm=llm.name, hidden_size=llm.hidden_size).image_tokens, llm.hidden_size) * 0.02
     full = [*history, {"role": "user", "content": f"<image>{MEDIA_PLACEHOLDER}</image>\n{question}"}]
-    llm.reset_cache()
-    _first_token_seconds(llm, [*history, {"role": "user", "content": "ok"}])  # the previous turn
-    with llm._lock:
-        warm_cache, warm_keys = copy.deepcopy(llm._cache), list(llm._cache_keys)
+    restore = _warm_state(llm, history)
 
     def with_history():
-        llm._put_cache(copy.deepcopy(warm_cache), list(warm_keys))
+        restore()
         return _first_token_seconds(llm, full, media=[rows])
 
     def baseline():
@@ -156,7 +170,7 @@ def time_to_first_token(llm, size: Size, *, image_rows: torch.Tensor | None = No
         ours.append(with_history())
         base.append(baseline())
     ours_s, base_s = statistics.median(ours[1:]), statistics.median(base[1:])
-    prompt_tokens = len(llm.tokenizer.apply_chat_template(full, tokenize=True, add_generation_prompt=True))
+    prompt_tokens = _prompt_tokens(llm, full)
     return [Result("TTFT: profile+memories+10 turns+image vs text-only", ours_s / base_s, "×", target=1.3,
                    detail={"with_context_s": round(ours_s, 3), "text_only_s": round(base_s, 3),
                            "context_tokens": prompt_tokens + len(rows) - 1, "turns": turns})]
@@ -165,27 +179,27 @@ def time_to_first_token(llm, size: Size, *, image_rows: torch.Tensor | None = No
 def cost_growth(llm, size: Size) -> list[Result]:
     """Time of one reply (16 tokens) as the conversation grows, with the previous turn cached."""
     targets = (256, 512) if size.quick else (512, 1024, 2048, 4096, 7168)
-    per_size = {}
+    per_size, actual = {}, {}
     for target in targets:
         turns = 1
-        while len(llm.tokenizer.apply_chat_template(_context(turns, profile=True), tokenize=True)) < target:
+        while _prompt_tokens(llm, _context(turns, profile=True)) < target:
             turns += 1
+            if turns > target:  # every turn adds tokens: more turns than tokens means a broken count
+                raise RuntimeError(f"could not build a {target}-token context")
         history = _context(turns, profile=True)
-        llm.reset_cache()
-        _first_token_seconds(llm, [*history, {"role": "user", "content": "ok"}])
-        with llm._lock:
-            warm = copy.deepcopy(llm._cache), list(llm._cache_keys)
+        restore = _warm_state(llm, history)
         turn = [*history, {"role": "user", "content": "And one more fact, please."}]
+        actual[target] = _prompt_tokens(llm, turn)
 
         def reply():
-            llm._put_cache(copy.deepcopy(warm[0]), list(warm[1]))
+            restore()
             llm.generate(turn, config=_greedy(16))
 
         seconds, _ = median_seconds(reply, repeats=max(1, size.repeats // 2), warmup=0)
         per_size[target] = round(seconds, 3)
     first, last = per_size[targets[0]], per_size[targets[-1]]
     return [Result(f"Reply time at {targets[-1]} vs {targets[0]} context tokens", last / first, "×",
-                   detail={"seconds_by_context_tokens": per_size, "reply_tokens": 16})]
+                   detail={"seconds_by_context_tokens": per_size, "prompt_tokens": actual, "reply_tokens": 16})]
 
 
 def run(size: Size, *, engine=None) -> list[Result]:

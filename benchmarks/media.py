@@ -41,11 +41,3 @@ def run(size: Size, *, engine=None) -> list[Result]:
         results.append(Result("Audio (5 s) encode (no fusion checkpoint)", seconds * 1000, "ms"))
     return results
 
-
-def image_rows(engine) -> torch.Tensor | None:
-    """The image token group the chat would splice for :func:`sample_image`, if fusion is usable."""
-    from mmchat.media import media_encoder
-
-    media = media_encoder(engine)
-    return media.image(sample_image(), index=1).tensors[0] if media.image_fusion else None
-

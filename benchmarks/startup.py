@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks.common import Result, Size
+from benchmarks.common import ROOT, Result, Size
 
 WINDOW_TARGET_S = 1.5
 RSS_TARGET_MB = 2048
@@ -71,8 +71,6 @@ def first_reply_s(data_dir: str) -> float:
 
 
 def peak_rss() -> float:
-    from benchmarks.common import ROOT
-
     out = subprocess.run([sys.executable, "-c", RSS_SCRIPT], cwd=ROOT, capture_output=True, text=True,
                          timeout=1200, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     match = re.search(r"PEAK_RSS_MB ([0-9.]+)", out.stdout)

@@ -169,11 +169,12 @@ class ChatSession:
         config = self.generation or GenerationConfig()
         personal = self._personal(history, llm)
         if personal is not None:
-            last_user = next((m for m in reversed(history) if m.role == "user"), None)
-            if last_user is not None:  # the turn keeps what the model saw with it (stable KV prefix)
-                self.store.update_meta(last_user.id, {MODEL_CONTEXT: {"before": personal.context,
-                                                                      "after": personal.reminder}})
-                history = self.history()
+            last = next((i for i in range(len(history) - 1, -1, -1) if history[i].role == "user"), None)
+            if last is not None:  # the turn keeps what the model saw with it (stable KV prefix)
+                extra = {MODEL_CONTEXT: {"before": personal.context, "after": personal.reminder}}
+                self.store.update_meta(history[last].id, extra)
+                history = [*history[:last], dataclasses.replace(history[last], meta={**history[last].meta, **extra}),
+                           *history[last + 1:]]
             if personal.max_new_tokens is not None and personal.max_new_tokens < config.max_new_tokens:
                 config = dataclasses.replace(config, max_new_tokens=personal.max_new_tokens)
         messages, media, notes = self._prompt(history)

@@ -4,7 +4,10 @@ Each test gets its own data directory (conversations, profile); the model cache 
 cache so the one-time conversions are reused across runs, as they are for users.
 """
 
+import faulthandler
 import os
+import sys
+import threading
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -17,14 +20,36 @@ import reliability  # noqa: E402
 
 _reliability_records: list[dict] = []
 
+# A hung test fails the run within minutes, with every thread's stack, instead of eating CI's whole
+# time limit (seen once: an endless loop in a benchmark). No test here should need this long.
+TEST_TIME_LIMIT_S = float(os.environ.get("MMCHAT_TEST_TIME_LIMIT", 900))
+
+
+def _time_limit_reached(item) -> None:
+    nodeid = item.nodeid
+    capture = item.config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        capture.suspend_global_capture(in_=False)  # so this reaches the terminal, not a capture file
+    sys.stderr.write(f"\n\nmmchat tests: {nodeid} ran past {TEST_TIME_LIMIT_S:.0f} s; stacks follow.\n")
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    sys.stderr.flush()
+    os._exit(3)
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    """Reliability tests (marked ``reliability``) are recorded with their case counts."""
+    """Each test (setup, call and teardown) gets TEST_TIME_LIMIT_S; past it the run stops, failed.
+    Reliability tests (marked ``reliability``) are recorded with their case counts."""
+    watchdog = threading.Timer(TEST_TIME_LIMIT_S, _time_limit_reached, args=(item,))
+    watchdog.daemon = True
+    watchdog.start()
     recorded = item.get_closest_marker("reliability") is not None
     if recorded:
         reliability.begin(item.nodeid)
-    yield
+    try:
+        yield
+    finally:
+        watchdog.cancel()
     if recorded:
         record = reliability.end() or {"test": item.nodeid}
         record.setdefault("cases", 1)

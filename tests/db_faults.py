@@ -37,6 +37,13 @@ def filled_database(path: Path) -> None:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
+def mark_newer_schema(path: Path) -> None:
+    """Give the database at ``path`` (created if missing) a schema version no mmchat knows yet."""
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+
+
 def make_unusable(kind: str, path: Path, monkeypatch) -> bytes:
     path.parent.mkdir(parents=True, exist_ok=True)
     filled_database(path)
@@ -49,9 +56,7 @@ def make_unusable(kind: str, path: Path, monkeypatch) -> bytes:
     elif kind == "truncated":
         path.write_bytes(data[: len(data) // 2])
     elif kind == "newer":
-        with sqlite3.connect(path) as conn:
-            conn.execute("PRAGMA user_version = 99")
-        conn.close()
+        mark_newer_schema(path)
     elif kind == "readonly-chmod":
         if os.geteuid() == 0:
             pytest.skip("running as root, which ignores file permissions: a chmod 0444 database is still "

@@ -44,6 +44,9 @@ def test_llm_media_and_voice_benchmarks_run(engine):
     decode = by_name["LLM decode / bandwidth bound"].detail
     assert decode["weight_MB"] > 100 and decode["copy_bandwidth_GBps"] > 0.1
     assert by_name["LLM stream vs transformers generate"].detail["same_text"]
+    assert by_name["TTFT: profile+memories+10 turns+image vs text-only"].detail["context_tokens"] > 150
+    (growth,) = [r for r in results if r.name.startswith("Reply time at")]
+    assert all(tokens >= target for target, tokens in growth.detail["prompt_tokens"].items())
     assert by_name["Transcribe 5 s clip (ours)"].detail["ours_text"]
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from mmchat.errors import MMChatError
 from mmchat.profile import ProfileStore, profile_path
+from db_faults import mark_newer_schema
 from mmchat.store import ConversationStore
 
 # The conversation schema as mmchat shipped it before profiles (store.py's _v1, user_version 1).
@@ -96,9 +97,7 @@ def test_active_profile_persists_and_fields_are_checked(tmp_path):
 
 def test_newer_profile_database_is_moved_aside(tmp_path):
     path = tmp_path / "p.sqlite3"
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA user_version = 99")
-    conn.close()
+    mark_newer_schema(path)
     profiles = ProfileStore(path)
     assert profiles.notice and "newer" in profiles.notice
     assert [p.name for p in profiles.profiles()] == ["default"]

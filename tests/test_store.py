@@ -3,6 +3,7 @@ import sqlite3
 import pytest
 
 from mmchat.db import Database
+from db_faults import mark_newer_schema
 from mmchat.store import Attachment, ConversationStore
 
 
@@ -83,9 +84,7 @@ def test_corrupt_file_is_moved_aside_not_deleted(tmp_path):
 
 def test_newer_schema_is_moved_aside(tmp_path):
     path = tmp_path / "chat.sqlite3"
-    conn = sqlite3.connect(path)
-    conn.execute("PRAGMA user_version = 99")
-    conn.close()
+    mark_newer_schema(path)
     s = ConversationStore(path)
     assert "newer mmchat" in s.notice
     assert list(tmp_path.glob("chat.sqlite3.broken-*"))
