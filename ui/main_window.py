@@ -18,7 +18,6 @@ from PySide6.QtWidgets import (QApplication, QFrame, QHBoxLayout, QLabel, QMainW
 
 from mmchat import settings as settings_mod
 from mmchat.errors import MMChatError
-from mmchat.profile import FILE_NAME as PROFILE_FILE
 from mmchat.settings import Settings
 from mmchat.store import ConversationStore
 from mmchat_ui import icons, markdown, theme
@@ -105,7 +104,7 @@ class MainWindow(QMainWindow):
         if theme_manager is not None:
             theme_manager.changed.connect(self.apply_theme)
         self._set_engine(services.make_engine(settings))
-        self.personal.open(self._profile_path(), load_embedder=services.load_models)
+        self.personal.open(self._profile_folder(), load_embedder=services.load_models)
         self.new_chat(temporary=settings.temporary_by_default)
         self.resize(1180, 780)
 
@@ -488,10 +487,10 @@ class MainWindow(QMainWindow):
         self.composer.edit.setFocus()
 
     # -- profile and memories --------------------------------------------------------------------
-    def _profile_path(self) -> Path | str:
+    def _profile_folder(self) -> Path | None:
         """The profile database lives next to the conversation database (in memory with an in-memory store)."""
         path = self.store.db.path
-        return path.parent / PROFILE_FILE if path is not None else ":memory:"
+        return path.parent if path is not None else None
 
     def _use_profile_conversations(self, profile_id: int) -> None:
         """Conversations belong to a profile: show (and store into) those of ``profile_id``."""
@@ -758,7 +757,7 @@ class MainWindow(QMainWindow):
         self.new_chat()
         if store.notice:
             self.banner.show_text(store.notice)
-        self.personal.open(self._profile_path(), load_embedder=self.services.load_models)
+        self.personal.open(self._profile_folder(), load_embedder=self.services.load_models)
         if not self.controller.busy:  # a reply still running keeps the old store until it ends
             old.close()
 

@@ -40,11 +40,14 @@ class Personalisation(QObject):
         self._retired: list = []  # services of an earlier data folder, closed on shutdown
 
     # -- opening ---------------------------------------------------------------------------------
-    def open(self, path: Path | str, *, load_embedder: bool) -> None:
-        """Open (or reopen) the profile database at ``path`` (``":memory:"`` for a throwaway one)."""
+    def open(self, folder: Path | None, *, load_embedder: bool) -> None:
+        """Open (or reopen) the profile database in ``folder`` (None: a throwaway one in memory)."""
         make = self._make_memory
 
         def work(emit, stop):
+            from mmchat.profile import FILE_NAME  # imports numpy: not on the GUI thread
+
+            path = folder / FILE_NAME if folder is not None else ":memory:"
             try:
                 service = make(path)
                 notice = service.profiles.notice
