@@ -83,9 +83,10 @@ class CorrectionDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle("What could be better?")
         layout = QVBoxLayout(self)
-        layout.addWidget(plain_label("Optional: say what was wrong or give the right answer. Preferences such as "
-                                     "“too long”, “answer in French” or “be more formal” apply to later replies; "
-                                     "anything else is kept as a pinned memory (see Profile & memory)."))
+        layout.addWidget(plain_label(
+            "Optional: say what was wrong or give the right answer. Preferences such as “too long”, "
+            "“answer in French” or “be more formal” apply to later replies; anything else is kept as a "
+            "pinned memory (see Profile & memory)."))
         self.editor = QPlainTextEdit()
         self.editor.setPlaceholderText("e.g. Too long — keep it to two sentences.")
         self.editor.textChanged.connect(self._limit)
