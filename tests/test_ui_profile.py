@@ -313,14 +313,18 @@ def test_thumbs_and_a_correction_reach_the_feedback_store(qtbot, window, stored)
     assert win.chat.last_reply().down_button.isChecked()
 
 
-def test_feedback_and_why_are_not_offered_in_a_temporary_chat(qtbot, window):
+def test_a_temporary_chat_reads_the_profile_but_stores_and_offers_nothing(qtbot, window, stored):
     win = window()
-    ready(qtbot, win)
+    service = ready(qtbot, win)
+    service.set_profile(display_name="Ada")
     win.new_chat(temporary=True)
     type_and_send(qtbot, win, "I'm allergic to peanuts.")
     reply = wait_reply(qtbot, win)
+    assert "Ada" in win.engine.llm.prompts[-1][0]["content"]  # the profile is used, as in the CLI
     assert not reply.up_button.isVisibleTo(win) and not reply.why_button.isVisibleTo(win)
     assert win.chat.memory_notes() == []
+    store, profile = stored()
+    assert store.memories(profile.id, statuses=("pending", "active", "deleted")) == []
 
 
 def test_why_lists_the_memories_the_reply_used(qtbot, window):

@@ -180,7 +180,7 @@ class ChatController(QObject):
 
 def _session_for(ref: ChatRef, *, engine, store, settings, memory):
     """The ref's ChatSession, (re)built when the engine or fusion settings changed. Worker thread.
-    A temporary chat gets no memory service: it neither uses nor makes memories."""
+    A temporary chat reads the profile (as the CLI's) but makes and marks no memories."""
     from mmchat.chat import ChatSession
     from mmchat.media import media_encoder
 
@@ -191,8 +191,8 @@ def _session_for(ref: ChatRef, *, engine, store, settings, memory):
             None if ref.temporary else store)
         conversation_id = ref.session.conversation_id if ref.session is not None else ref.conversation_id
         media = media_encoder(engine, image=settings.fusion_image, audio=settings.fusion_audio)
-        ref.session = ChatSession(engine, chat_store, conversation_id, media=media)
+        ref.session = ChatSession(engine, chat_store, conversation_id, media=media, temporary=ref.temporary)
         ref.signature = signature
     ref.session.generation = settings.generation_config()
-    ref.session.memory = None if ref.temporary else memory
+    ref.session.memory = memory
     return ref.session
