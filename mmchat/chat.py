@@ -53,7 +53,8 @@ class ChatEvent:
 
 
 class ChatSession:
-    """One conversation. ``store=None`` makes a temporary chat that never touches the disk.
+    """One conversation. ``store=None`` makes a temporary chat that never touches the disk
+    (``temporary=True`` says the same of a given in-memory store, e.g. one kept across rebuilds).
 
     With a ``memory`` service the replies use the profile (preferences, confirmed memories, related
     earlier turns), each user turn may propose memories ("memory" events) and :meth:`feedback`
@@ -61,9 +62,9 @@ class ChatSession:
 
     def __init__(self, engine: Engine, store: ConversationStore | None, conversation_id: int | None = None, *,
                  media: MediaEncoder | None = None, system_prompt: str = SYSTEM_PROMPT, generation=None,
-                 memory: MemoryService | None = None) -> None:
+                 memory: MemoryService | None = None, temporary: bool | None = None) -> None:
         self.engine = engine
-        self.temporary = store is None
+        self.temporary = store is None if temporary is None else temporary
         self.store = store if store is not None else ConversationStore(":memory:")
         if conversation_id is None or self.store.get_conversation(conversation_id) is None:
             conversation_id = self.store.create_conversation().id

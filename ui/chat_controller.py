@@ -53,12 +53,14 @@ class ChatController(QObject):
     busy_changed = Signal(bool)
 
     def __init__(self, runner: TaskRunner, *, engine: Callable[[], object], store: Callable[[], object],
-                 settings: Callable[[], object], parent: QObject | None = None) -> None:
+                 settings: Callable[[], object], memory: Callable[[], object] = lambda: None,
+                 parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.runner = runner
         self._engine = engine
         self._store = store
         self._settings = settings
+        self._memory = memory  # -> MemoryService or None (not loaded yet)
         self.current = ChatRef()
         self._refs: dict[int, ChatRef] = {}
         self.job: Job | None = None
@@ -114,11 +116,11 @@ class ChatController(QObject):
     def _run(self, job: Job, turn: Callable[[object, object], Iterator]) -> Job | None:
         if self.job is not None:
             return None
-        engine, store, settings = self._engine(), self._store(), self._settings()
+        engine, store, settings, memory = self._engine(), self._store(), self._settings(), self._memory()
         ref = job.ref
 
         def work(emit, stop):
-            session = _session_for(ref, engine=engine, store=store, settings=settings)
+            session = _session_for(ref, engine=engine, store=store, settings=settings, memory=memory)
             for event in turn(session, stop):
                 emit(event)
                 if event.kind == "user":
@@ -136,6 +138,30 @@ class ChatController(QObject):
                           finished=lambda: self._on_finished(job))
         return job
 
+    # -- about a reply ---------------------------------------------------------------------------
+    def feedback(self, message_id: int, rating: int, correction: str | None, *,
+                 done: Callable[[object], None], failed: Callable[[str], None]) -> Task | None:
+        """👍 (+1) / 👎 (-1) and an optional correction on a reply of the current chat
+        (:meth:`mmchat.chat.ChatSession.feedback`); ``done`` gets the FeedbackResult."""
+        return self._about_reply("feedback", lambda session: session.feedback(message_id, rating, correction),
+                                 done=done, failed=failed)
+
+    def why(self, message_id: int, *, done: Callable[[list], None], failed: Callable[[str], None]) -> Task | None:
+        """The memories the reply ``message_id`` used (:meth:`mmchat.chat.ChatSession.why`)."""
+        return self._about_reply("why", lambda session: session.why(message_id), done=done, failed=failed)
+
+    def _about_reply(self, name: str, call: Callable[[object], object], *, done, failed) -> Task | None:
+        engine, store, settings, memory = self._engine(), self._store(), self._settings(), self._memory()
+        ref = self.current
+        if memory is None and not ref.temporary:
+            failed("Your profile is still loading; try again in a moment.")
+            return None
+
+        def work(emit, stop):
+            return call(_session_for(ref, engine=engine, store=store, settings=settings, memory=memory))
+
+        return self.runner.start(Task(f"reply-{name}", work), succeeded=done, failed=failed)
+
     def _on_event(self, job: Job, event) -> None:
         if event.kind == "user":
             job.user_stored = True
@@ -152,8 +178,9 @@ class ChatController(QObject):
         self.busy_changed.emit(False)
 
 
-def _session_for(ref: ChatRef, *, engine, store, settings):
-    """The ref's ChatSession, (re)built when the engine or fusion settings changed. Worker thread."""
+def _session_for(ref: ChatRef, *, engine, store, settings, memory):
+    """The ref's ChatSession, (re)built when the engine or fusion settings changed. Worker thread.
+    A temporary chat reads the profile (as the CLI's) but makes and marks no memories."""
     from mmchat.chat import ChatSession
     from mmchat.media import media_encoder
 
@@ -164,7 +191,8 @@ def _session_for(ref: ChatRef, *, engine, store, settings):
             None if ref.temporary else store)
         conversation_id = ref.session.conversation_id if ref.session is not None else ref.conversation_id
         media = media_encoder(engine, image=settings.fusion_image, audio=settings.fusion_audio)
-        ref.session = ChatSession(engine, chat_store, conversation_id, media=media)
+        ref.session = ChatSession(engine, chat_store, conversation_id, media=media, temporary=ref.temporary)
         ref.signature = signature
     ref.session.generation = settings.generation_config()
+    ref.session.memory = memory
     return ref.session

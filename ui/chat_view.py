@@ -8,6 +8,8 @@ All message text is treated as untrusted: user text is shown as plain text, repl
 
 from __future__ import annotations
 
+import dataclasses
+
 from PySide6.QtCore import QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication, QImage
 from PySide6.QtWidgets import (QFrame, QGridLayout, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton,
@@ -16,6 +18,7 @@ from PySide6.QtWidgets import (QFrame, QGridLayout, QHBoxLayout, QLabel, QPlainT
 from mmchat.store import Message
 from mmchat_ui import icons, theme
 from mmchat_ui.media_widgets import Thumbnail, VoiceChip
+from mmchat_ui.memory_widgets import MemoryNote
 from mmchat_ui.rich_text import COPIED_FEEDBACK_MS, MarkdownView
 
 COLUMN_MAX_WIDTH = 800  # px, the readable width of the conversation column
@@ -212,6 +215,8 @@ class AssistantMessage(QWidget):
 
     regenerate_requested = Signal()
     read_aloud_requested = Signal(str)
+    rated = Signal(int, int)  # message id, +1 / -1
+    why_requested = Signal(int)  # message id
 
     def __init__(self, message: Message | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -245,7 +250,15 @@ class AssistantMessage(QWidget):
         self.speak_button.clicked.connect(lambda: self.read_aloud_requested.emit(self.text))
         self.regenerate_button = _action("refresh", "Regenerate reply (Ctrl+R)")
         self.regenerate_button.clicked.connect(self.regenerate_requested)
-        for button in (self.copy_button, self.speak_button, self.regenerate_button):
+        self.up_button = _action("thumbs-up", "Good reply")
+        self.down_button = _action("thumbs-down", "Bad reply… (optionally say what was wrong)")
+        self.why_button = _action("info", "Why this answer? (the memories it used)")
+        for button, rating in ((self.up_button, 1), (self.down_button, -1)):
+            button.setCheckable(True)
+            button.clicked.connect(lambda _=False, r=rating: self._rate(r))
+        self.why_button.clicked.connect(lambda: self.message and self.why_requested.emit(self.message.id))
+        self.personal_buttons = (self.up_button, self.down_button, self.why_button)
+        for button in (self.copy_button, self.speak_button, self.regenerate_button, *self.personal_buttons):
             actions.addWidget(button)
         actions.addStretch(1)
         self.actions = QWidget()
@@ -257,10 +270,30 @@ class AssistantMessage(QWidget):
         self.actions.setVisible(message is not None)
         if message is not None:
             self._show_status(message.status)
+        self.set_rating((message.meta.get("feedback") or {}).get("rating", 0) if message else 0)
 
     @property
     def text(self) -> str:
         return self.body.text
+
+    def _rate(self, rating: int) -> None:
+        self.set_rating((self.message.meta.get("feedback") or {}).get("rating", 0) if self.message else 0)
+        if self.message is not None and self.message.id:
+            self.rated.emit(self.message.id, rating)  # checked once the feedback is stored (set_rating)
+
+    def rating_stored(self, rating: int) -> None:
+        meta = {**self.message.meta, "feedback": {**(self.message.meta.get("feedback") or {}), "rating": rating}}
+        self.message = dataclasses.replace(self.message, meta=meta)
+        self.set_rating(rating)
+
+    def set_rating(self, rating: int) -> None:
+        self.up_button.setChecked(rating == 1)
+        self.down_button.setChecked(rating == -1)
+
+    def set_personal(self, enabled: bool) -> None:
+        """Rating and "why" need a stored reply in a chat with a profile (not a temporary chat)."""
+        for button in self.personal_buttons:
+            button.setVisible(enabled and self.message is not None and bool(self.message.id))
 
     @property
     def streaming(self) -> bool:
@@ -371,6 +404,9 @@ class ChatView(QScrollArea):
     read_aloud_requested = Signal(str)
     image_clicked = Signal(QImage)
     suggestion_chosen = Signal(str)
+    rated = Signal(object, int)  # AssistantMessage, +1 / -1
+    why_requested = Signal(int)  # message id
+    memory_action = Signal(object, str, int)  # MemoryNote, "approve" | "reject" | "delete", memory id
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -399,6 +435,7 @@ class ChatView(QScrollArea):
         self.setWidget(canvas)
         self._items: list[QWidget] = []
         self._busy = False
+        self._personal = False
         self._stick = True
         bar = self.verticalScrollBar()
         bar.rangeChanged.connect(self._on_range_changed)
@@ -452,6 +489,20 @@ class ChatView(QScrollArea):
     def add_notice(self, text: str, *, error: bool = False, before: QWidget | None = None) -> Notice:
         """A notice at the end, or just above ``before`` (the reply it is about)."""
         widget = Notice(text, error=error)
+        self._insert(widget, before)
+        return widget
+
+    def add_memory_note(self, memory, *, before: QWidget | None = None) -> MemoryNote:
+        """A candidate memory from the user's turn, above the reply (``before``)."""
+        widget = MemoryNote(memory)
+        widget.action.connect(lambda verb, memory_id: self.memory_action.emit(widget, verb, memory_id))
+        self._insert(widget, before)
+        return widget
+
+    def memory_notes(self) -> list[MemoryNote]:
+        return [w for w in self._items if isinstance(w, MemoryNote)]
+
+    def _insert(self, widget: QWidget, before: QWidget | None) -> None:
         if before is not None and before in self._items:
             self._items.insert(self._items.index(before), widget)
             self._layout.insertWidget(self._layout.indexOf(before), widget)
@@ -459,7 +510,6 @@ class ChatView(QScrollArea):
             self._update_state()
         else:
             self._append(widget)
-        return widget
 
     def truncate_from(self, message_id: int) -> None:
         """Remove the message ``message_id`` and everything shown after it."""
@@ -488,6 +538,8 @@ class ChatView(QScrollArea):
         if isinstance(widget, AssistantMessage):
             widget.regenerate_requested.connect(self.regenerate_requested)
             widget.read_aloud_requested.connect(self.read_aloud_requested)
+            widget.rated.connect(lambda _id, rating, w=widget: self.rated.emit(w, rating))
+            widget.why_requested.connect(self.why_requested)
         self._layout.insertWidget(self._layout.count() - 1, widget)
         widget.show()  # now, not on the layout's queued show: tests and scrolling see it at once
         self._items.append(widget)
@@ -501,6 +553,7 @@ class ChatView(QScrollArea):
         for reply in replies:
             reply.set_last(reply is last_message and not reply.streaming)
             reply.set_busy(self._busy)
+            reply.set_personal(self._personal)
         for widget in self._items:
             if isinstance(widget, UserMessage):
                 widget.set_busy(self._busy)
@@ -514,6 +567,11 @@ class ChatView(QScrollArea):
 
     def set_busy(self, busy: bool) -> None:
         self._busy = busy
+        self._update_state()
+
+    def set_personal(self, enabled: bool) -> None:
+        """Show 👍 / 👎 / "Why this answer?" on replies (a stored chat with a profile)."""
+        self._personal = enabled
         self._update_state()
 
     # -- layout and scrolling --------------------------------------------------------------------

@@ -39,6 +39,7 @@ class ConversationList(QFrame):
     new_chat_requested = Signal()
     settings_requested = Signal()
     help_requested = Signal()
+    profile_requested = Signal()
     conversation_deleted = Signal(int)
     conversation_restored = Signal(int)
 
@@ -81,7 +82,10 @@ class ConversationList(QFrame):
         self.settings_button.clicked.connect(self.settings_requested)
         self.help_button = self._tool("help", "Keyboard shortcuts and About (F1)")
         self.help_button.clicked.connect(self.help_requested)
+        self.profile_button = self._tool("user", "Profile & memory (Ctrl+Shift+P)")
+        self.profile_button.clicked.connect(self.profile_requested)
         bottom.addWidget(self.settings_button)
+        bottom.addWidget(self.profile_button)
         bottom.addStretch(1)
         bottom.addWidget(self.help_button)
         layout.addLayout(bottom)
@@ -293,7 +297,7 @@ class ConversationList(QFrame):
     def apply_theme(self, t: theme.Theme) -> None:
         self.new_button.setIcon(icons.icon("plus", t.text))
         self._search_action.setIcon(icons.icon("search", t.muted))
-        for button in (self.settings_button, self.help_button):
+        for button in (self.settings_button, self.profile_button, self.help_button):
             button.setIcon(icons.icon(button.property("icon_name"), t.muted))
         if not self._refreshing:
             self.refresh()

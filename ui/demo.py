@@ -47,6 +47,9 @@ class DemoLLM:
         self.configs: list = []
         self.media: list[list] = []
 
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())  # words stand in for tokens (memory budgets in the prompt)
+
     def stream(self, messages, *, config=None, media=(), stop: threading.Event | None = None):
         self.prompts.append(list(messages))
         self.configs.append(config)
@@ -123,6 +126,31 @@ class DemoEngine:
         return True
 
 
+DEMO_EMBED_DIM = 64
+
+
+def demo_embed(texts):
+    """Unit bag-of-words vectors (hashed words): an embedder-shaped stand-in for MiniLM, no model."""
+    import zlib
+
+    import numpy as np
+
+    vectors = np.zeros((len(texts), DEMO_EMBED_DIM), dtype=np.float32)
+    for row, text in enumerate(texts):
+        for word in text.casefold().split():
+            vectors[row, zlib.crc32(word.strip(".,!?;:").encode()) % DEMO_EMBED_DIM] += 1.0
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(norms == 0, 1.0, norms)
+
+
+def demo_memory(path):
+    """The profile database at ``path`` with :func:`demo_embed` instead of MiniLM (fast UI tests, the demo)."""
+    from mmchat.memory import MemoryService
+    from mmchat.profile import ProfileStore
+
+    return MemoryService(ProfileStore(path), embed=demo_embed)
+
+
 def demo_services(engine: DemoEngine | None = None, *, microphone: Probe = Probe(True, "demo microphone"),
                   speakers: Probe = Probe(True, "demo speakers"), **overrides):
     """Services for the demo window: the scripted engine, no models to load, no real devices.
@@ -139,7 +167,7 @@ def demo_services(engine: DemoEngine | None = None, *, microphone: Probe = Probe
     services = dict(make_engine=lambda _settings: engine, make_recorder=no_device,
                     microphone=lambda _settings: microphone, make_speaker=no_device, make_output=no_device,
                     audio_output=lambda: speakers, input_devices=lambda: [], fetch_model=no_device,
-                    load_models=False)
+                    load_models=False, make_memory=demo_memory)
     services.update(overrides)
     return Services(**services)
 

@@ -24,6 +24,7 @@ SHORTCUTS = (
     ("Delete", "Delete the selected conversation"),
     ("Ctrl+Z", "Undo the last delete"),
     ("Ctrl+,", "Settings"),
+    ("Ctrl+Shift+P", "Profile & memory: who you are, how you like replies, what is remembered"),
     ("F1", "This list"),
     ("Ctrl+Q", "Quit"),
 )

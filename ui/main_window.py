@@ -27,6 +27,8 @@ from mmchat_ui.composer import Composer, Draft
 from mmchat_ui.conversation_list import ConversationList
 from mmchat_ui.help_dialog import HelpDialog
 from mmchat_ui.media_widgets import ImageViewer
+from mmchat_ui.memory_widgets import CorrectionDialog, WhyDialog
+from mmchat_ui.personal import Personalisation
 from mmchat_ui.read_aloud import ReadAloud
 from mmchat_ui.services import Services
 from mmchat_ui.status_bar import ModelStatusBar
@@ -102,12 +104,19 @@ class MainWindow(QMainWindow):
         if theme_manager is not None:
             theme_manager.changed.connect(self.apply_theme)
         self._set_engine(services.make_engine(settings))
+        self.personal.open(self._profile_folder(), load_embedder=services.load_models)
         self.new_chat(temporary=settings.temporary_by_default)
         self.resize(1180, 780)
 
     def _wire_controllers(self) -> None:
+        self.personal = Personalisation(self.runner, make_memory=self.services.make_memory, parent=self)
+        self.personal.ready.connect(lambda service: self._use_profile_conversations(service.profile_id))
+        self.personal.profile_switched.connect(self._profile_switched)
+        self.personal.failed.connect(self.show_status_message)
+        self.personal.notice.connect(self.banner.show_text)
         self.controller = ChatController(self.runner, engine=lambda: self.engine, store=lambda: self.store,
-                                         settings=lambda: self.settings, parent=self)
+                                         settings=lambda: self.settings, memory=lambda: self.personal.service,
+                                         parent=self)
         self.controller.event.connect(self._on_chat_event)
         self.controller.failed.connect(self._on_chat_failed)
         self.controller.finished.connect(self._on_chat_finished)
@@ -139,6 +148,7 @@ class MainWindow(QMainWindow):
         self.sidebar.new_chat_requested.connect(lambda: self.new_chat())
         self.sidebar.settings_requested.connect(self.open_settings)
         self.sidebar.help_requested.connect(self.show_help)
+        self.sidebar.profile_requested.connect(self.open_profile)
         self.sidebar.conversation_deleted.connect(self._conversation_deleted)
         splitter = QSplitter()
         splitter.setHandleWidth(1)
@@ -187,6 +197,9 @@ class MainWindow(QMainWindow):
         self.chat.read_aloud_requested.connect(self.speak)
         self.chat.image_clicked.connect(self.show_image)
         self.chat.suggestion_chosen.connect(self._use_suggestion)
+        self.chat.memory_action.connect(self._memory_action)
+        self.chat.rated.connect(self.rate_reply)
+        self.chat.why_requested.connect(self.why_reply)
         column.addWidget(self.chat, 1)
         self.composer = Composer(self.runner)
         self.composer.setMaximumWidth(COMPOSER_MAX_WIDTH)
@@ -222,6 +235,7 @@ class MainWindow(QMainWindow):
             "Ctrl+Shift+S": self.speak_last_reply,
             "Ctrl+Z": self.sidebar.undo_delete,
             "Ctrl+,": self.open_settings,
+            "Ctrl+Shift+P": self.open_profile,
             "F1": self.show_help,
             "Ctrl+/": self.show_help,
             "Ctrl+Q": self.close,
@@ -340,6 +354,7 @@ class MainWindow(QMainWindow):
         self.title.setText(title)
         self.temporary_button.setChecked(ref.temporary)
         self.chat.set_temporary(ref.temporary)
+        self.chat.set_personal(not ref.temporary)
 
     # -- sending and replies ---------------------------------------------------------------------
     def _training_blocks_chat(self) -> bool:
@@ -404,6 +419,9 @@ class MainWindow(QMainWindow):
             QTimer.singleShot(0, self, lambda: self._after_user_message(job))
         elif event.kind == "notice" and visible:
             self.chat.add_notice(event.text, before=self._reply)
+        elif event.kind == "memory" and visible:
+            for memory in event.memories:
+                self.chat.add_memory_note(memory, before=self._reply)
         elif event.kind == "token":
             self._reply_text += event.text
             if not self._render_timer.isActive():
@@ -467,6 +485,86 @@ class MainWindow(QMainWindow):
     def _use_suggestion(self, text: str) -> None:
         self.composer.set_text(text)
         self.composer.edit.setFocus()
+
+    # -- profile and memories --------------------------------------------------------------------
+    def _profile_folder(self) -> Path | None:
+        """The profile database lives next to the conversation database (in memory with an in-memory store)."""
+        path = self.store.db.path
+        return path.parent if path is not None else None
+
+    def _use_profile_conversations(self, profile_id: int) -> None:
+        """Conversations belong to a profile: show (and store into) those of ``profile_id``."""
+        if self.store.profile_id == profile_id:
+            return
+        self.controller.stop()
+        self.store.use_profile(profile_id)
+        self.controller.forget_all()
+        self.sidebar.refresh()
+        self.new_chat(temporary=self.controller.current.temporary)
+
+    def _profile_switched(self, profile) -> None:
+        self._use_profile_conversations(profile.id)
+        self.show_status_message(f"Using profile “{profile.name}”", 4000)
+
+    def _memory_action(self, note, verb: str, memory_id: int) -> None:
+        """Remember / Not now / Undo on a memory note in the conversation."""
+        results = {"approve": lambda m: f"Remembered: “{m.text}”",
+                   "reject": lambda _m: "Not remembered (it will not be suggested again).",
+                   "delete": lambda _m: "Forgotten."}
+
+        def done(memory) -> None:
+            if note in self.chat.items():
+                note.set_result(results[verb](memory))
+
+        def failed(text: str) -> None:
+            if note in self.chat.items():
+                note.set_failed(text)
+
+        self.personal.run(verb, lambda service: getattr(service, verb)(memory_id), done=done, failed=failed)
+
+    def rate_reply(self, reply: AssistantMessage, rating: int) -> None:
+        """👍 is sent at once; 👎 asks (optionally) what was wrong first."""
+        if rating > 0:
+            self._send_feedback(reply, rating, None)
+            return
+        dialog = CorrectionDialog(self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.accepted.connect(lambda: self._send_feedback(reply, rating, dialog.correction()))
+        dialog.open()
+        self._correction_dialog = dialog
+
+    def _send_feedback(self, reply: AssistantMessage, rating: int, correction: str | None) -> None:
+        def done(result) -> None:
+            if reply in self.chat.items():
+                reply.rating_stored(rating)
+            changes = [f"{key.replace('_', ' ')} is now “{value}”" for key, value in result.changed.items()]
+            if result.memory is not None:
+                changes.append("your correction was kept as a memory" if result.memory.status == "active"
+                               else "your correction waits for approval in Profile & memory")
+            self.show_status_message("Thanks for the feedback" + (f": {'; '.join(changes)}." if changes else "."))
+            self.personal.refresh()  # the profile or memories may have changed
+
+        self.controller.feedback(reply.message.id, rating, correction, done=done, failed=self.show_status_message)
+
+    def why_reply(self, message_id: int) -> None:
+        def done(memories: list) -> None:
+            dialog = WhyDialog(memories, self)
+            dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+            dialog.manage_requested.connect(self.open_profile)
+            dialog.show()
+            self._why_dialog = dialog
+
+        self.controller.why(message_id, done=done, failed=self.show_status_message)
+
+    def open_profile(self):
+        """Profile & memory (Ctrl+Shift+P): who you are, how you like replies, what is remembered."""
+        from mmchat_ui.profile_dialog import ProfileDialog
+
+        dialog = ProfileDialog(self.personal, parent=self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.show()
+        self._profile_dialog = dialog
+        return dialog
 
     # -- read aloud ------------------------------------------------------------------------------
     def speak(self, text: str) -> None:
@@ -613,12 +711,16 @@ class MainWindow(QMainWindow):
     def open_settings(self) -> None:
         from mmchat_ui.settings_dialog import SettingsDialog
 
+        profile = self.personal.profile
         dialog = SettingsDialog(self.settings, services=self.services, runner=self.runner,
-                                data_folder=self.settings.database_path().parent, parent=self)
+                                data_folder=self.settings.database_path().parent,
+                                memory_mode=profile.memory_mode if profile is not None else None, parent=self)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.settings_accepted.connect(self._apply_settings)
         dialog.wipe_requested.connect(self.wipe_all_data)
         dialog.train_requested.connect(self.start_training)
+        dialog.memory_mode_chosen.connect(lambda mode: self.personal.run(
+            "memory-mode", lambda service: service.set_profile(memory_mode=mode)))
         dialog.show()
         self._settings_dialog = dialog
 
@@ -655,6 +757,7 @@ class MainWindow(QMainWindow):
         self.new_chat()
         if store.notice:
             self.banner.show_text(store.notice)
+        self.personal.open(self._profile_folder(), load_embedder=self.services.load_models)
         if not self.controller.busy:  # a reply still running keeps the old store until it ends
             old.close()
 
@@ -668,7 +771,7 @@ class MainWindow(QMainWindow):
         if path is not None:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
-        self.store = ConversationStore(path if path is not None else ":memory:")
+        self.store = ConversationStore(path if path is not None else ":memory:", profile_id=self.store.profile_id)
         self.sidebar.set_store(self.store)
         self.controller.forget_all()
         self.new_chat()
@@ -719,6 +822,7 @@ class MainWindow(QMainWindow):
             except Exception:
                 log.warning("could not purge deleted conversations", exc_info=True)
             self.store.close()
+            self.personal.close()
         event.accept()
 
 

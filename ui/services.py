@@ -16,6 +16,14 @@ from mmchat.settings import Settings
 from mmchat_ui.training import train_fusion_default
 
 
+def memory_service(path: Path | str):
+    """The profile database at ``path`` with the bundled MiniLM embedder (loaded on first use)."""
+    from mmchat.memory import MemoryService
+    from mmchat.profile import ProfileStore
+
+    return MemoryService(ProfileStore(path))
+
+
 @dataclass
 class Services:
     make_engine: Callable[[Settings], object]  # -> mmchat.engine.Engine-like
@@ -28,6 +36,7 @@ class Services:
     fetch_model: Callable[[str, Callable[[int, int], None]], Path]  # name, progress -> folder
     load_models: bool = True  # load every model after the window shows
     train_fusion: Callable = train_fusion_default  # (engine, progress(phase, done, total), stop) -> report
+    make_memory: Callable[[Path | str], object] = memory_service  # profile db path -> MemoryService (worker)
 
 
 def _engine(settings: Settings):

@@ -1,5 +1,6 @@
 """Settings: models (with fetch and progress for optional ones), generation, voice and fusion,
-appearance, data folder and privacy (wipe everything, with a confirmation).
+appearance, memory (ask / auto / off, the profile's memory mode), data folder and privacy (wipe
+everything, with a confirmation).
 
 The dialog edits a copy of :class:`mmchat.settings.Settings` and emits it on OK; the window applies
 and saves it. Fetching runs in the window's task runner and reports progress here.
@@ -17,10 +18,13 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, 
                                QPushButton, QSpinBox, QTabWidget, QVBoxLayout, QWidget)
 
 from mmchat import registry
+from mmchat.profile import MEMORY_MODES
 from mmchat.settings import MAX_RECORDING_S, RANGES, THEMES, Settings
 from mmchat_ui.services import Services
 from mmchat_ui.workers import Task, TaskRunner
 
+MEMORY_MODE_LABELS = {"ask": "Ask before remembering anything", "auto": "Remember facts automatically (with Undo)",
+                      "off": "Never remember anything"}
 MODEL_ROLES = (("llm", registry.Role.LLM, "Chat model"), ("asr", registry.Role.ASR, "Speech model"),
                ("image_encoder", registry.Role.IMAGE, "Image encoder"))
 
@@ -51,15 +55,17 @@ class SettingsDialog(QDialog):
     settings_accepted = Signal(object)  # Settings
     wipe_requested = Signal()
     train_requested = Signal()
+    memory_mode_chosen = Signal(str)  # the profile's memory mode, when it was changed here
 
     def __init__(self, settings: Settings, *, services: Services, runner: TaskRunner, data_folder: Path,
-                 parent: QWidget | None = None) -> None:
+                 memory_mode: str | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Settings")
         self.original = settings
         self.services = services
         self.runner = runner
         self.default_folder = data_folder
+        self.memory_mode_before = memory_mode  # None: the profile is not loaded (yet)
         self._fetching: Task | None = None
         layout = QVBoxLayout(self)
         self.tabs = QTabWidget()
@@ -87,6 +93,19 @@ class SettingsDialog(QDialog):
         self.read_aloud = QCheckBox("Read every reply aloud (offline piper voice)")
         self.read_aloud.setChecked(s.read_aloud)
         form.addRow("", self.read_aloud)
+        self.memory_mode = QComboBox()
+        for mode in MEMORY_MODES:
+            self.memory_mode.addItem(MEMORY_MODE_LABELS[mode], mode)
+        self.memory_mode.setCurrentIndex(max(0, self.memory_mode.findData(self.memory_mode_before)))
+        self.memory_mode.setEnabled(self.memory_mode_before is not None)
+        form.addRow("Memory", self.memory_mode)
+        note = QLabel("Facts you mention (“I'm allergic to peanuts”) can be remembered for later chats; "
+                      "text that reads like an instruction is never remembered without asking. "
+                      "See and edit everything in Profile & memory (Ctrl+Shift+P)."
+                      if self.memory_mode_before is not None else "Your profile is still loading.")
+        note.setWordWrap(True)
+        note.setObjectName("messageMeta")
+        form.addRow("", note)
         return page
 
     def _models_tab(self, s: Settings) -> QWidget:
@@ -317,6 +336,9 @@ class SettingsDialog(QDialog):
             temporary_by_default=self.temporary_default.isChecked())
 
     def accept(self) -> None:
+        mode = self.memory_mode.currentData()
+        if self.memory_mode_before is not None and mode != self.memory_mode_before:
+            self.memory_mode_chosen.emit(mode)
         self.settings_accepted.emit(self.result_settings())
         super().accept()
 

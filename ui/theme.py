@@ -140,6 +140,9 @@ QPlainTextEdit#editBox {{ background: {t.surface}; border: 1px solid {t.accent};
 #inlineError {{ background: {_rgba(t.danger, 26)}; border: 1px solid {t.danger}; border-radius: 8px;
                 padding: 6px 10px; color: {t.text}; }}
 #banner {{ background: {t.raised}; border-radius: 10px; padding: 8px 12px; color: {t.text}; }}
+#memoryNote {{ background: {t.raised}; border-radius: 10px; }}
+#memoryNote QLabel {{ color: {t.muted}; font-size: 9pt; }}
+#memoryNote QPushButton {{ padding: 2px 10px; font-size: 9pt; }}
 #tempBanner {{ background: {t.raised}; border-radius: 10px; padding: 6px 12px; color: {t.muted}; }}
 #undoBar {{ background: {t.text}; border-radius: 10px; }}
 #undoBar QLabel {{ color: {t.window}; }}
