@@ -2,7 +2,7 @@
 
 import re
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from mmchat_ui import markdown
 
