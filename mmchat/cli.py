@@ -103,6 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, help="optimizer steps (default 300)")
     train.add_argument("--batch-size", type=int, help="examples per step (default 8)")
     train.add_argument("--lr", type=float, help="peak learning rate (default 5e-3)")
+    train.add_argument("--align-steps", type=int,
+                       help="steps pulling media tokens towards their answer words first (default 600; 0: none)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--images", type=int, default=2000, help="generated training images")
     train.add_argument("--speech", type=int, default=600, help="generated training clips")
@@ -402,7 +404,7 @@ def _cmd_train_fusion(args) -> int:
     else:
         train_dir, heldout_dir = args.data, args.heldout
     out = args.out or checkpoint_dirs(engine.model_name("llm"))[0]
-    given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr}
+    given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "align_steps": args.align_steps}
     config = TrainConfig(seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     report = train_fusion(engine, train_dir=train_dir, heldout_dir=heldout_dir, out=out, config=config,
                           system_prompt=SYSTEM_PROMPT, resume=not args.no_resume)

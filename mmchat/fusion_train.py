@@ -5,7 +5,12 @@
 2. Turn each question/answer pair into an :class:`Example`: the user turn is
    ``<image>[media]</image>\\n{question}`` under mmchat's own system prompt, and the target is the
    answer followed by the end-of-turn token — exactly the prompt the chat builds.
-3. Train with AdamW. The prompt text before the media group is the same for every example of a
+3. Align (seconds, no LLM run): each media token group is pulled towards the LLM's own input
+   embeddings of the words its sample's answers use (cosine softmax over those words' tokens and
+   sampled other tokens). A frozen LLM reads such tokens like the words, which the answer loss alone
+   does not find in a few hundred steps (measured: image loss with real vs. shuffled features was
+   1.142 vs. 1.144 without this stage, though the features carry colour and position linearly).
+4. Train with AdamW. The prompt text before the media group is the same for every example of a
    modality, so its KV cache is computed once and shared; only the media group, the question and
    the answer run through the LLM each step, and logits are computed only where the answer is.
 
@@ -19,6 +24,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -52,6 +58,9 @@ class TrainConfig:
     image_projector: str = "mlp2x_gelu"
     audio_projector: str = "mlp2x_gelu"
     image_grid: int = 4
+    align_steps: int = 600  # vocabulary alignment before the answer loss (0: none)
+    align_batch_size: int = 64
+    align_lr: float = 3e-3
 
 
 @dataclass(frozen=True)
@@ -234,6 +243,84 @@ def media_tokens(fusion: fusion_mod.Fusion, features: dict[str, torch.Tensor], e
     return tokens, torch.cat([mask, torch.ones(len(examples), 1)], dim=1)  # the summary token is live
 
 
+# -- vocabulary alignment ------------------------------------------------------------------------
+ALIGN_TEMPERATURE = 10.0  # cosine logits ×10: a softmax sharp enough to single out a few words
+ALIGN_NEGATIVES = 2048  # random vocabulary tokens the target words compete with
+_STOPWORDS = frozenset("a an the and or of on in at to is are it its this that there with what which how "
+                       "many one shape shapes picture image background".split())
+
+
+def answer_words(sample) -> list[str]:
+    """The content words a sample's answers use (and its caption or transcript): what the LLM must
+    say about the media."""
+    texts = [qa.a for qa in sample.qa] + [t for t in (sample.caption, sample.transcript) if t]
+    words = {w for t in texts for w in re.findall(r"[a-z]+", t.lower()) if w not in _STOPWORDS and len(w) > 1}
+    return sorted(words)
+
+
+def word_token_ids(llm, words: Sequence[str]) -> dict[str, list[int]]:
+    """First token id of each word as it appears mid-sentence (`` word``) and at the start (``Word``)."""
+    tok = llm.tokenizer
+    out = {}
+    for w in words:
+        ids = {tok(f" {w}", add_special_tokens=False)["input_ids"][0], tok(w.capitalize(), add_special_tokens=False)[
+            "input_ids"][0]}
+        out[w] = sorted(ids)
+    return out
+
+
+class Aligner:
+    """Pulls each modality's tokens towards the LLM input embeddings of its samples' answer words."""
+
+    def __init__(self, llm, fusion: fusion_mod.Fusion, features: dict[str, torch.Tensor], samples: Sequence,
+                 *, config: TrainConfig) -> None:
+        self.fusion, self.features, self.config = fusion, features, config
+        words = {s.id: answer_words(s) for s in samples}
+        ids = word_token_ids(llm, sorted({w for ws in words.values() for w in ws}))
+        generator = torch.Generator().manual_seed(config.seed)
+        vocab = llm.model.get_input_embeddings().weight.detach().float()
+        targets = sorted({i for v in ids.values() for i in v})
+        negatives = torch.randperm(len(vocab), generator=generator)[:ALIGN_NEGATIVES].tolist()
+        self.candidates = sorted(set(targets) | set(negatives))
+        column = {token: c for c, token in enumerate(self.candidates)}
+        self.embeddings = torch.nn.functional.normalize(vocab[self.candidates], dim=-1)
+        self.targets = {}  # sample id -> (n_candidates,) target distribution over its words' tokens
+        for sample_id, ws in words.items():
+            cols = [column[i] for w in ws for i in ids[w]]
+            if cols:
+                dist = torch.zeros(len(self.candidates))
+                dist[cols] = 1.0 / len(cols)
+                self.targets[sample_id] = dist
+        self.by_modality = {m: [Example(s.modality, s.id, "", "", "align") for s in samples
+                                if s.modality == m and s.id in self.targets] for m in fusion_mod.MODALITIES}
+        params = [p for m in fusion_mod.MODALITIES if self.by_modality[m] for p in getattr(fusion, m).parameters()]
+        self.optimizer = torch.optim.AdamW(params, lr=config.align_lr, weight_decay=config.weight_decay)
+        self.generator = generator
+
+    def loss(self, examples: Sequence[Example]) -> torch.Tensor:
+        """Cross-entropy of every token (group and summary) against its sample's word distribution."""
+        tokens, mask = media_tokens(self.fusion, self.features, examples)
+        logits = ALIGN_TEMPERATURE * torch.nn.functional.normalize(tokens, dim=-1) @ self.embeddings.T
+        target = torch.stack([self.targets[e.sample_id] for e in examples]).unsqueeze(1).expand_as(logits)
+        per_token = -(target * torch.log_softmax(logits, -1)).sum(-1)
+        return (per_token * mask).sum() / mask.sum()
+
+    def run(self, steps: int) -> list[float]:
+        modalities = [m for m in fusion_mod.MODALITIES if self.by_modality[m]]
+        losses = []
+        self.fusion.train()
+        for step in range(steps):
+            pool = self.by_modality[modalities[step % len(modalities)]]
+            picked = torch.randint(len(pool), (min(self.config.align_batch_size, len(pool)),),
+                                   generator=self.generator)
+            loss = self.loss([pool[i] for i in picked.tolist()])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            losses.append(loss.item())
+        return losses
+
+
 # -- training --------------------------------------------------------------------------------------
 class Trainer:
     def __init__(self, llm, fusion: fusion_mod.Fusion, features: dict[str, torch.Tensor],
@@ -398,10 +485,15 @@ def train_fusion(engine, *, train_dir: Path, heldout_dir: Path | None, out: Path
     if resume and trainer.load_state(state_dir):
         log.info("resuming fusion training at step %d", trainer.step)
     encode_s = time.monotonic() - started
+    align_losses = []
+    if trainer.step == 0 and config.align_steps:  # a resumed state is already aligned
+        align_losses = Aligner(llm, fusion, features, samples, config=config).run(config.align_steps)
+    align_s = time.monotonic() - started - encode_s
     trainer.train(state_dir=state_dir, progress=progress)
-    train_s = time.monotonic() - started - encode_s
+    train_s = time.monotonic() - started - encode_s - align_s
     fusion.eval()
     report: dict = {"train": {"steps": trainer.step, "batch_size": config.batch_size, "encode_s": round(encode_s, 1),
+                              "align_s": round(align_s, 1), "align_loss": [*align_losses[:2], *align_losses[-2:]],
                               "train_s": round(train_s, 1), "first_loss": trainer.losses[:5],
                               "last_loss": trainer.losses[-5:], "samples": len(samples)}}
     if heldout_dir is not None:

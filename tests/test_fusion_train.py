@@ -102,3 +102,35 @@ def test_is_correct_scoring():
     assert is_correct("Red.", "red") and is_correct("The shape is red.", "red")
     assert not is_correct("It is blue, not red at all, I think maybe", "green")
     assert is_correct("The answer is five", "five") and not is_correct("fifty", "five")
+
+
+def test_alignment_pulls_media_tokens_to_their_answer_words(llm):
+    from pathlib import Path
+
+    from mmchat.fusion_data.records import QA, Sample
+    from mmchat.fusion_train import Aligner, answer_words, word_token_ids
+
+    features, examples = synthetic()
+    samples = [Sample(e.sample_id, e.modality, Path(f"{e.sample_id}.png"), qa=(QA(e.question, e.answer, e.kind),))
+               for e in examples]
+    assert answer_words(samples[0]) == ["red"]
+    torch.manual_seed(0)
+    fusion = Fusion(FusionConfig(llm=llm.name, hidden_size=llm.hidden_size))
+    alpha = fusion.alpha.detach().clone()
+    words = word_token_ids(llm, COLOURS)
+    colours = torch.nn.functional.normalize(llm.model.get_input_embeddings().weight[
+        [words[c][0] for c in COLOURS]].float(), dim=-1)
+    images = [e for e in examples if e.modality == "image"]
+
+    def nearest_colour_hits():
+        with torch.no_grad():
+            summary = fusion.image_tokens(torch.stack([features[e.sample_id].float() for e in images]))[:, -1]
+        picked = (torch.nn.functional.normalize(summary, dim=-1) @ colours.T).argmax(1).tolist()
+        return sum(COLOURS[p] == e.answer for p, e in zip(picked, images))
+
+    assert nearest_colour_hits() < len(images)
+    aligner = Aligner(llm, fusion, features, samples, config=TrainConfig(align_batch_size=8, align_lr=1e-2))
+    losses_seen = aligner.run(60)
+    assert losses_seen[-1] < 0.7 * losses_seen[0]
+    assert nearest_colour_hits() == len(images)  # every image's summary token reads as its colour
+    assert torch.equal(fusion.alpha, alpha)  # the modality weights are left to the answer loss
