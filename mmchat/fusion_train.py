@@ -293,7 +293,9 @@ class Aligner:
                 self.targets[sample_id] = dist
         self.by_modality = {m: [Example(s.modality, s.id, "", "", "align") for s in samples
                                 if s.modality == m and s.id in self.targets] for m in fusion_mod.MODALITIES}
-        params = [p for m in fusion_mod.MODALITIES if self.by_modality[m] for p in getattr(fusion, m).parameters()]
+        # The cosine loss ignores the output scale: leave log_scale (and α) to the answer loss.
+        params = [p for m in fusion_mod.MODALITIES if self.by_modality[m]
+                  for part in (getattr(fusion, m).norm, getattr(fusion, m).proj) for p in part.parameters()]
         self.optimizer = torch.optim.AdamW(params, lr=config.align_lr, weight_decay=config.weight_decay)
         self.generator = generator
 

@@ -116,7 +116,7 @@ def test_alignment_pulls_media_tokens_to_their_answer_words(llm):
     assert answer_words(samples[0]) == ["red"]
     torch.manual_seed(0)
     fusion = Fusion(FusionConfig(llm=llm.name, hidden_size=llm.hidden_size))
-    alpha = fusion.alpha.detach().clone()
+    alpha, scale = fusion.alpha.detach().clone(), fusion.image.log_scale.detach().clone()
     words = word_token_ids(llm, COLOURS)
     colours = torch.nn.functional.normalize(llm.model.get_input_embeddings().weight[
         [words[c][0] for c in COLOURS]].float(), dim=-1)
@@ -133,4 +133,5 @@ def test_alignment_pulls_media_tokens_to_their_answer_words(llm):
     losses_seen = aligner.run(60)
     assert losses_seen[-1] < 0.7 * losses_seen[0]
     assert nearest_colour_hits() == len(images)  # every image's summary token reads as its colour
-    assert torch.equal(fusion.alpha, alpha)  # the modality weights are left to the answer loss
+    # The modality weights and output scales are left to the answer loss.
+    assert torch.equal(fusion.alpha, alpha) and torch.equal(fusion.image.log_scale, scale)
