@@ -5,7 +5,7 @@
 2. Turn each question/answer pair into an :class:`Example`: the user turn is
    ``<image>[media]</image>\\n{question}`` under mmchat's own system prompt, and the target is the
    answer followed by the end-of-turn token — exactly the prompt the chat builds.
-3. Align (seconds, no LLM run): each media token group is pulled towards the LLM's own input
+3. Align (a minute or two on 2 cores; no LLM run): each media token group is pulled towards the LLM's own input
    embeddings of the words its sample's answers use (cosine softmax over those words' tokens and
    sampled other tokens). A frozen LLM reads such tokens like the words, which the answer loss alone
    does not find in a few hundred steps (measured: image loss with real vs. shuffled features was
@@ -307,7 +307,8 @@ class Aligner:
         per_token = -(target * torch.log_softmax(logits, -1)).sum(-1)
         return (per_token * mask).sum() / mask.sum()
 
-    def run(self, steps: int) -> list[float]:
+    def run(self, steps: int, *, progress: Callable[[int, int], None] | None = None) -> list[float]:
+        """``steps`` optimizer steps; ``progress(done, steps)`` after each (it may raise to stop)."""
         modalities = [m for m in fusion_mod.MODALITIES if self.by_modality[m]]
         losses = []
         self.fusion.train()
@@ -320,6 +321,8 @@ class Aligner:
             loss.backward()
             self.optimizer.step()
             losses.append(loss.item())
+            if progress:
+                progress(step + 1, steps)
         return losses
 
 
@@ -489,7 +492,10 @@ def train_fusion(engine, *, train_dir: Path, heldout_dir: Path | None, out: Path
     encode_s = time.monotonic() - started
     align_losses = []
     if trainer.step == 0 and config.align_steps:  # a resumed state is already aligned
-        align_losses = Aligner(llm, fusion, features, samples, config=config).run(config.align_steps)
+        # Reported as step 0 of the answer-loss steps: the progress callback also carries "stop".
+        aligned = (lambda done, total: progress(0, config.steps)) if progress else None
+        align_losses = Aligner(llm, fusion, features, samples, config=config).run(config.align_steps,
+                                                                                   progress=aligned)
     align_s = time.monotonic() - started - encode_s
     trainer.train(state_dir=state_dir, progress=progress)
     train_s = time.monotonic() - started - encode_s - align_s

@@ -135,3 +135,18 @@ def test_alignment_pulls_media_tokens_to_their_answer_words(llm):
     assert nearest_colour_hits() == len(images)  # every image's summary token reads as its colour
     # The modality weights and output scales are left to the answer loss.
     assert torch.equal(fusion.alpha, alpha) and torch.equal(fusion.image.log_scale, scale)
+
+    # Progress after every step; raising from it (how the app's Stop works) ends the run there.
+    seen = []
+
+    class Stopped(Exception):
+        pass
+
+    def progress(done, total):
+        seen.append((done, total))
+        if done == 3:
+            raise Stopped
+
+    with pytest.raises(Stopped):
+        aligner.run(10, progress=progress)
+    assert seen == [(1, 10), (2, 10), (3, 10)]
