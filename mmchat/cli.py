@@ -13,6 +13,7 @@ import os
 import queue
 import sys
 import threading
+import traceback
 from pathlib import Path
 
 from mmchat import __version__
@@ -20,6 +21,7 @@ from mmchat.errors import MMChatError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_BUG = 70  # EX_SOFTWARE: an unexpected error, with a crash report written
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +38,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: keep a report for the user to send, say where it is
+        from mmchat.crash_report import write_report
+
+        report = write_report(type(exc), exc, exc.__traceback__)
+        where = f"A crash report is in {report}; please include it" if report else "Run again with -v and include the output"
+        print(f"mmchat: unexpected error ({type(exc).__name__}: {exc}). {where} when you report this bug.",
+              file=sys.stderr)
+        if args.verbose:
+            traceback.print_exception(exc)
+        return EXIT_BUG
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -66,3 +66,17 @@ def test_missing_image_is_a_clean_error_and_nothing_is_stored(data_dir, tmp_path
     assert "nope.png" in result.stderr and "Traceback" not in result.stderr
     history = mmchat("history", env={"MMCHAT_DATA_DIR": str(data_dir)})
     assert "what is this" not in history.stdout
+
+
+def test_a_bug_in_a_command_leaves_a_crash_report_and_says_where(monkeypatch, capsys, data_dir):
+    from mmchat import cli
+
+    def broken(args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli, "_cmd_history", broken)
+    assert cli.main(["history"]) == cli.EXIT_BUG
+    err = capsys.readouterr().err
+    (report,) = (data_dir / "crash-reports").glob("crash-*.txt")
+    assert "unexpected error (RuntimeError: boom)" in err and str(report) in err and "Traceback" not in err
+    assert 'raise RuntimeError("boom")' in report.read_text()
