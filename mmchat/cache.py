@@ -146,4 +146,14 @@ class ConversionCache:
             os.replace(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        self._drop_superseded()
         return target
+
+    def _drop_superseded(self) -> None:
+        """Remove this model's conversions by older converter versions (each is a full copy of the
+        weights, e.g. 1 GB for the default LLM); other sources' conversions are left alone."""
+        suffix = f"-{self.source_sha256[:16]}"
+        for old in self.directory.parent.glob(f"v*{suffix}"):
+            if old != self.directory and old.is_dir() and old.name[1:-len(suffix)].isdigit():
+                log.info("removing the superseded conversion %s", old)
+                shutil.rmtree(old, ignore_errors=True)

@@ -62,3 +62,14 @@ def test_failed_build_leaves_no_directory(cache_dir):
         cache.load_or_build(build)
     assert not cache.directory.exists()
     assert list(cache.directory.parent.iterdir()) == []
+
+
+def test_a_new_converter_version_replaces_the_old_conversion(cache_dir):
+    def build(out):
+        (out / "weights.bin").write_bytes(b"w")
+
+    old = ConversionCache("toy", "ab" * 32, 1).load_or_build(build)
+    other_source = ConversionCache("toy", "ef" * 32, 1).load_or_build(build)
+    new = ConversionCache("toy", "ab" * 32, 2).load_or_build(build)
+    assert new.is_dir() and not old.exists()
+    assert other_source.is_dir()  # another source's conversion is not this one's to remove
