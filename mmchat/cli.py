@@ -117,6 +117,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, help="peak learning rate (default 5e-3)")
     train.add_argument("--align-steps", type=int,
                        help="steps pulling media tokens towards their answer words first (default 600; 0: none)")
+    train.add_argument("--image-projector", choices=("mlp2x_gelu", "linear", "slots_mlp", "slots_attn"),
+                       help="per-cell tokens (mlp2x_gelu, linear) or whole-image tokens that learn to spell the "
+                            "caption first (slots_mlp, slots_attn); default mlp2x_gelu")
+    train.add_argument("--audio-projector", choices=("mlp2x_gelu", "linear", "slots_mlp", "slots_attn"),
+                       help="per-frame-stack tokens, or whole-clip tokens that learn to spell the transcript first")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--images", type=int, default=2000, help="generated training images")
     train.add_argument("--speech", type=int, default=600, help="generated training clips")
@@ -416,7 +421,8 @@ def _cmd_train_fusion(args) -> int:
     else:
         train_dir, heldout_dir = args.data, args.heldout
     out = args.out or checkpoint_dirs(engine.model_name("llm"))[0]
-    given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "align_steps": args.align_steps}
+    given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "align_steps": args.align_steps,
+             "image_projector": args.image_projector, "audio_projector": args.audio_projector}
     config = TrainConfig(seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     report = train_fusion(engine, train_dir=train_dir, heldout_dir=heldout_dir, out=out, config=config,
                           system_prompt=SYSTEM_PROMPT, resume=not args.no_resume)

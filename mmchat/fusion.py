@@ -44,20 +44,24 @@ class FusionConfig:
     image_encoder: str = "clip-vit-b-32"
     image_fingerprint: str = ""  # sha256 of the encoder weights the projector was trained against
     image_dim: int = 768  # CLIP ViT-B/32 patch width
-    image_grid: int = 4  # patches pooled from 7×7 to grid×grid tokens
+    image_grid: int = 4  # patches pooled from 7×7 to grid×grid cells
     image_projector: str = "mlp2x_gelu"
+    image_slots: int = 16  # tokens a whole-image projector (``slots_mlp``) makes; per-cell ones make grid²
     audio_encoder: str = "whisper-base"
     audio_fingerprint: str = ""
     audio_dim: int = 512  # Whisper-base d_model
     audio_stack: int = 4  # encoder frames (20 ms each) per audio token
     max_audio_tokens: int = 64  # 64 × 4 frames × 20 ms ≈ 5 s at full resolution
     audio_projector: str = "mlp2x_gelu"
+    audio_cells: int = 32  # a whole-clip projector reads the speech pooled in time to this many cells ...
+    audio_slots: int = 16  # ... and makes this many tokens
     embed_rms: float = 0.02  # RMS of the LLM's token embeddings; projector outputs start at this scale
     mlp_hidden: int = 512  # inner width of the MLP projectors (keeps the shipped checkpoint a few MB)
 
     @property
     def image_tokens(self) -> int:
-        return self.image_grid * self.image_grid + 1  # group + summary token
+        group = self.image_slots if self.image_projector in WHOLE_IMAGE_PROJECTORS else self.image_grid ** 2
+        return group + 1  # group + summary token
 
 
 class FusionMismatch(MMChatError):
@@ -65,33 +69,93 @@ class FusionMismatch(MMChatError):
 
 
 # -- projectors: a registry keyed by name ---------------------------------------------------------
-def _linear(in_dim: int, out_dim: int, *, hidden: int) -> nn.Module:
+# Per-token projectors map (..., in_dim) → (..., out_dim); whole-image ones map (B, cells, in_dim) →
+# (B, slots, out_dim).
+def _linear(in_dim: int, out_dim: int, *, hidden: int, cells: int = 0, slots: int = 0) -> nn.Module:
     return nn.Linear(in_dim, out_dim)
 
 
-def _mlp2x_gelu(in_dim: int, out_dim: int, *, hidden: int) -> nn.Module:
+def _mlp2x_gelu(in_dim: int, out_dim: int, *, hidden: int, cells: int = 0, slots: int = 0) -> nn.Module:
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
 
 
-PROJECTORS = {"linear": _linear, "mlp2x_gelu": _mlp2x_gelu}
+class SlotProjector(nn.Module):
+    """The whole grid → ``slots`` tokens, so token j can say the j-th thing about the image.
+
+    A per-cell MLP (in_dim → ``cell_dim``) reads each cell; an MLP over all cells together makes
+    each slot's coordinates in a shared ``rank``-dimensional basis of the embedding space. Per-cell
+    tokens cannot spell a sentence (shape and count are not properties of one cell); these can, and
+    :class:`mmchat.fusion_train.Aligner` first trains them to spell the image's caption."""
+
+    def __init__(self, in_dim: int, out_dim: int, *, hidden: int, cells: int, slots: int,
+                 cell_dim: int = 128, rank: int = 96) -> None:
+        super().__init__()
+        if cells < 1 or slots < 1:
+            raise ValueError("a whole-image projector needs cells ≥ 1 and slots ≥ 1")
+        self.slots, self.rank = slots, rank
+        self.cell = nn.Sequential(nn.Linear(in_dim, cell_dim), nn.GELU())
+        self.mix = nn.Sequential(nn.Linear(cells * cell_dim, hidden), nn.GELU(), nn.Linear(hidden, slots * rank))
+        self.basis = nn.Linear(rank, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        coords = self.mix(self.cell(x).flatten(1)).view(b, self.slots, self.rank)
+        return self.basis(coords)
 
 
-def build_projector(name: str, in_dim: int, out_dim: int, *, hidden: int | None = None) -> nn.Module:
-    """A projector by name; ``hidden`` is the MLP's inner width (default: ``out_dim``)."""
+class AttentionSlotProjector(nn.Module):
+    """The whole grid → ``slots`` tokens by attention: learned slot queries attend over the cells
+    (each read by one shared MLP, plus a learned position per cell) in ``layers`` rounds, the
+    later rounds asking with what the earlier ones found (a small Perceiver resampler). Sharing
+    the cell reader across positions needs far fewer weights than :class:`SlotProjector`, so it
+    generalises from a few thousand images where that one memorises them."""
+
+    def __init__(self, in_dim: int, out_dim: int, *, hidden: int, cells: int, slots: int,
+                 width: int = 256, heads: int = 4, layers: int = 2, rank: int = 96) -> None:
+        super().__init__()
+        if cells < 1 or slots < 1:
+            raise ValueError("a whole-image projector needs cells ≥ 1 and slots ≥ 1")
+        self.cell = nn.Sequential(nn.Linear(in_dim, width), nn.GELU(), nn.Linear(width, width))
+        self.where = nn.Parameter(torch.randn(cells, width) * 0.02)
+        self.queries = nn.Parameter(torch.randn(slots, width) * 0.02)
+        self.rounds = nn.ModuleList(nn.MultiheadAttention(width, heads, batch_first=True) for _ in range(layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(layers))
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, rank))
+        self.basis = nn.Linear(rank, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cells = self.cell(x) + self.where
+        slots = self.queries.expand(x.shape[0], -1, -1)
+        for attend, norm in zip(self.rounds, self.norms):
+            found, _ = attend(norm(slots), cells, cells, need_weights=False)
+            slots = slots + found
+        return self.basis(self.out(slots))
+
+
+PROJECTORS = {"linear": _linear, "mlp2x_gelu": _mlp2x_gelu, "slots_mlp": SlotProjector,
+              "slots_attn": AttentionSlotProjector}
+WHOLE_IMAGE_PROJECTORS = frozenset({"slots_mlp", "slots_attn"})
+
+
+def build_projector(name: str, in_dim: int, out_dim: int, *, hidden: int | None = None, cells: int = 0,
+                    slots: int = 0) -> nn.Module:
+    """A projector by name; ``hidden`` is the MLP's inner width (default: ``out_dim``); ``cells`` and
+    ``slots`` size the whole-image projectors (input cells, output tokens)."""
     try:
         factory = PROJECTORS[name]
     except KeyError:
         raise ValueError(f"unknown projector {name!r}; known: {', '.join(PROJECTORS)}") from None
-    return factory(in_dim, out_dim, hidden=hidden or out_dim)
+    return factory(in_dim, out_dim, hidden=hidden or out_dim, cells=cells, slots=slots)
 
 
 class _Branch(nn.Module):
     """LayerNorm on encoder features → projector → learned output scale (starts at the LLM's embedding RMS)."""
 
-    def __init__(self, projector: str, in_dim: int, out_dim: int, embed_rms: float, hidden: int) -> None:
+    def __init__(self, projector: str, in_dim: int, out_dim: int, embed_rms: float, hidden: int, *,
+                 cells: int = 0, slots: int = 0) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(in_dim)
-        self.proj = build_projector(projector, in_dim, out_dim, hidden=hidden)
+        self.proj = build_projector(projector, in_dim, out_dim, hidden=hidden, cells=cells, slots=slots)
         self.log_scale = nn.Parameter(torch.tensor(math.log(embed_rms)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -107,9 +171,11 @@ class Fusion(nn.Module):
         super().__init__()
         self.config = config
         self.image = _Branch(config.image_projector, config.image_dim, config.hidden_size, config.embed_rms,
-                             config.mlp_hidden)
-        self.audio = _Branch(config.audio_projector, config.audio_dim * config.audio_stack, config.hidden_size,
-                             config.embed_rms, config.mlp_hidden)
+                             config.mlp_hidden, cells=config.image_grid ** 2, slots=config.image_slots)
+        whole_clip = config.audio_projector in WHOLE_IMAGE_PROJECTORS
+        self.audio = _Branch(config.audio_projector, config.audio_dim * (1 if whole_clip else config.audio_stack),
+                             config.hidden_size, config.embed_rms, config.mlp_hidden,
+                             cells=config.audio_cells, slots=config.audio_slots)
         self.alpha = nn.Parameter(torch.zeros(len(MODALITIES)))
 
     def weights(self) -> dict[str, float]:
@@ -121,7 +187,8 @@ class Fusion(nn.Module):
         return torch.softmax(self.alpha, 0)[MODALITIES.index(modality)] * len(MODALITIES)
 
     def image_tokens(self, patches: torch.Tensor) -> torch.Tensor:
-        """(B, 49, image_dim) CLIP patch tokens → (B, grid² + 1, hidden): weighted group + summary."""
+        """(B, 49, image_dim) CLIP patch tokens → (B, group + 1, hidden): weighted group + summary
+        (group: grid² per-cell tokens, or ``image_slots`` from a whole-image projector)."""
         b, n, d = patches.shape
         side = math.isqrt(n)
         grid = patches.transpose(1, 2).reshape(b, d, side, side)
@@ -130,7 +197,17 @@ class Fusion(nn.Module):
         return torch.cat([group, group.mean(1, keepdim=True)], dim=1)
 
     def audio_tokens(self, frames: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T, audio_dim) Whisper frames → (B, tokens + 1, hidden). Frames beyond ``lengths`` are padding."""
+        """(B, T, audio_dim) Whisper frames → (B, tokens + 1, hidden). Frames beyond ``lengths`` are padding.
+
+        Per-token projectors make one token per ``audio_stack`` frames (zero past a clip's length); a
+        whole-clip projector pools each clip's frames to ``audio_cells`` cells and makes ``audio_slots``."""
+        if self.config.audio_projector in WHOLE_IMAGE_PROJECTORS:
+            lengths = torch.full((len(frames),), frames.shape[1]) if lengths is None else lengths
+            cells = torch.stack([nn.functional.adaptive_avg_pool1d(f[:max(1, int(n))].T.unsqueeze(0),
+                                                                   self.config.audio_cells)[0].T
+                                 for f, n in zip(frames, lengths)])
+            group = self.audio(cells) * self._scale("audio")
+            return torch.cat([group, group.mean(1, keepdim=True)], dim=1)
         stacked, mask = self._stack(frames, lengths)
         group = self.audio(stacked) * self._scale("audio") * mask.unsqueeze(-1)
         summary = group.sum(1, keepdim=True) / mask.sum(1).clamp(min=1).view(-1, 1, 1)

@@ -22,16 +22,24 @@ from mmchat.fusion_train import Example, _Batcher, answer_loss, media_tokens, us
 SCORED_KINDS = {"image": ("colour", "shape", "count", "position"),
                 "audio": ("repeat", "colour_fact", "arithmetic", "sequence", "opposite", "fact")}
 LOSS_BATCH = 8
+ANSWER_WINDOW = 9  # words of a reply, beyond the answer's own, searched for the answer
+REPLY_TOKENS = 14  # greedy tokens generated per scored question
+
+
+# Spellings that say the same answer: American forms and digits map to the datasets' words.
+SAME_WORD = {"center": "centre", "gray": "grey", "color": "colour", **{
+    str(i): w for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}}
 
 
 def normalise(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", text.lower())
+    return [SAME_WORD.get(w, w) for w in re.findall(r"[a-z0-9]+", text.lower())]
 
 
 def is_correct(reply: str, answer: str) -> bool:
-    """The expected (one- or few-word) answer appears among the reply's first words."""
+    """The expected (one- or few-word) answer appears among the reply's first words (a full-sentence
+    reply such as "The yellow triangle is located at the top" counts)."""
     want = normalise(answer)
-    words = normalise(reply)[: len(want) + 6]
+    words = normalise(reply)[: len(want) + ANSWER_WINDOW]
     return bool(want) and any(words[i:i + len(want)] == want for i in range(len(words)))
 
 
@@ -63,7 +71,7 @@ def accuracy(llm, fusion, features, examples: Sequence[Example], *, system_promp
     """Greedy-reply accuracy per modality and kind, with media and without (control), plus chance."""
     from mmchat.llm import GenerationConfig
 
-    config = GenerationConfig(max_new_tokens=8, temperature=0.0)
+    config = GenerationConfig(max_new_tokens=REPLY_TOKENS, temperature=0.0)
     picked: dict[tuple[str, str], list[Example]] = defaultdict(list)
     for e in examples:
         if e.kind in SCORED_KINDS.get(e.modality, ()) and len(picked[e.modality, e.kind]) < limit_per_kind:

@@ -10,6 +10,7 @@
    sampled other tokens). A frozen LLM reads such tokens like the words, which the answer loss alone
    does not find in a few hundred steps (measured: image loss with real vs. shuffled features was
    1.142 vs. 1.144 without this stage, though the features carry colour and position linearly).
+   Whole-image projectors (``slots_mlp``) are instead taught to spell the caption, token by token.
 4. Train with AdamW. The prompt text before the media group is the same for every example of a
    modality, so its KV cache is computed once and shared; only the media group, the question and
    the answer run through the LLM each step, and logits are computed only where the answer is.
@@ -58,6 +59,9 @@ class TrainConfig:
     image_projector: str = "mlp2x_gelu"
     audio_projector: str = "mlp2x_gelu"
     image_grid: int = 4
+    image_slots: int = 16  # tokens per image for a whole-image projector
+    audio_cells: int = 32  # time cells and tokens per clip for a whole-clip audio projector
+    audio_slots: int = 16
     align_steps: int = 600  # vocabulary alignment before the answer loss (0: none)
     align_batch_size: int = 64
     align_lr: float = 3e-3
@@ -237,6 +241,8 @@ def media_tokens(fusion: fusion_mod.Fusion, features: dict[str, torch.Tensor], e
     lengths = torch.tensor([len(f) for f in feats])
     padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
     tokens = fusion.audio_tokens(padded, lengths)
+    if fusion.config.audio_projector in fusion_mod.WHOLE_IMAGE_PROJECTORS:
+        return tokens, torch.ones(tokens.shape[:2])
     s = fusion.config.audio_stack
     n_tokens = (lengths + s - 1) // s
     mask = (torch.arange(tokens.shape[1] - 1).unsqueeze(0) < n_tokens.unsqueeze(1)).float()
@@ -269,43 +275,88 @@ def word_token_ids(llm, words: Sequence[str]) -> dict[str, list[int]]:
     return out
 
 
+CAPTION_PAD = "."  # what a whole-image token group says after its caption ends
+
+
+def caption_ids(llm, caption: str, slots: int) -> list[int]:
+    """The caption's token ids as they would follow ``<image>``, cut or padded to ``slots``."""
+    ids = llm.tokenizer(f" {caption.strip()}", add_special_tokens=False)["input_ids"][:slots]
+    pad = llm.tokenizer(CAPTION_PAD, add_special_tokens=False)["input_ids"][0]
+    return ids + [pad] * (slots - len(ids))
+
+
 class Aligner:
-    """Pulls each modality's tokens towards the LLM input embeddings of its samples' answer words."""
+    """Pulls each modality's tokens towards LLM input embeddings of words about its samples.
+
+    * A whole-media projector (``slots_mlp``, ``slots_attn``) is taught to spell each image's caption: slot j
+      regresses onto the input embedding of the caption's j-th token (squared error at the
+      embedding's scale plus a cosine softmax against other tokens). The frozen LLM then reads the
+      group much as it would read the caption, before any answer-loss step.
+    * Per-token projectors (and audio) pull every token towards the embeddings of the words the
+      sample's answers use."""
 
     def __init__(self, llm, fusion: fusion_mod.Fusion, features: dict[str, torch.Tensor], samples: Sequence,
                  *, config: TrainConfig) -> None:
         self.fusion, self.features, self.config = fusion, features, config
-        words = {s.id: answer_words(s) for s in samples}
+        cfg, whole = fusion.config, fusion_mod.WHOLE_IMAGE_PROJECTORS
+        slots = {"image": cfg.image_slots if cfg.image_projector in whole else 0,
+                 "audio": cfg.audio_slots if cfg.audio_projector in whole else 0}
+        # What a whole-media group spells: an image's caption, a clip's transcript.
+        self.captions = {s.id: torch.tensor(caption_ids(llm, text, slots[s.modality])) for s in samples
+                         if slots[s.modality] and (text := s.caption if s.modality == "image" else s.transcript)}
+        words = {s.id: answer_words(s) for s in samples if s.id not in self.captions}
         ids = word_token_ids(llm, sorted({w for ws in words.values() for w in ws}))
         generator = torch.Generator().manual_seed(config.seed)
         vocab = llm.model.get_input_embeddings().weight.detach().float()
-        targets = sorted({i for v in ids.values() for i in v})
+        targets = {i for v in ids.values() for i in v} | {int(i) for c in self.captions.values() for i in c}
         negatives = torch.randperm(len(vocab), generator=generator)[:ALIGN_NEGATIVES].tolist()
-        self.candidates = sorted(set(targets) | set(negatives))
-        column = {token: c for c, token in enumerate(self.candidates)}
-        self.embeddings = torch.nn.functional.normalize(vocab[self.candidates], dim=-1)
+        self.candidates = sorted(targets | set(negatives))
+        self.column = {token: c for c, token in enumerate(self.candidates)}
+        self.raw = vocab[self.candidates]
+        self.rms = float(vocab.pow(2).mean().sqrt())
+        self.embeddings = torch.nn.functional.normalize(self.raw, dim=-1)
         self.targets = {}  # sample id -> (n_candidates,) target distribution over its words' tokens
         for sample_id, ws in words.items():
-            cols = [column[i] for w in ws for i in ids[w]]
+            cols = [self.column[i] for w in ws for i in ids[w]]
             if cols:
                 dist = torch.zeros(len(self.candidates))
                 dist[cols] = 1.0 / len(cols)
                 self.targets[sample_id] = dist
         self.by_modality = {m: [Example(s.modality, s.id, "", "", "align") for s in samples
-                                if s.modality == m and s.id in self.targets] for m in fusion_mod.MODALITIES}
-        # The cosine loss ignores the output scale: leave log_scale (and α) to the answer loss.
+                                if s.modality == m and (s.id in self.targets or s.id in self.captions)]
+                            for m in fusion_mod.MODALITIES}
+        # The cosine loss ignores the output scale: leave log_scale (and α) to the answer loss,
+        # except where the squared error sets it.
         params = [p for m in fusion_mod.MODALITIES if self.by_modality[m]
                   for part in (getattr(fusion, m).norm, getattr(fusion, m).proj) for p in part.parameters()]
+        params += [getattr(fusion, m).log_scale for m in fusion_mod.MODALITIES
+                   if any(e.sample_id in self.captions for e in self.by_modality[m])]
         self.optimizer = torch.optim.AdamW(params, lr=config.align_lr, weight_decay=config.weight_decay)
         self.generator = generator
 
     def loss(self, examples: Sequence[Example]) -> torch.Tensor:
-        """Cross-entropy of every token (group and summary) against its sample's word distribution."""
+        captioned = [e for e in examples if e.sample_id in self.captions]
+        rest = [e for e in examples if e.sample_id not in self.captions]
+        parts = [self._caption_loss(captioned)] if captioned else []
+        if rest:
+            parts.append(self._word_loss(rest))
+        return sum(parts) / len(parts)
+
+    def _word_loss(self, examples: Sequence[Example]) -> torch.Tensor:
+        """Every token (group and summary) against its sample's word distribution."""
         tokens, mask = media_tokens(self.fusion, self.features, examples)
         logits = ALIGN_TEMPERATURE * torch.nn.functional.normalize(tokens, dim=-1) @ self.embeddings.T
         target = torch.stack([self.targets[e.sample_id] for e in examples]).unsqueeze(1).expand_as(logits)
         per_token = -(target * torch.log_softmax(logits, -1)).sum(-1)
         return (per_token * mask).sum() / mask.sum()
+
+    def _caption_loss(self, examples: Sequence[Example]) -> torch.Tensor:
+        """Slot j of the group against the caption's j-th token (the summary token is left free)."""
+        group = media_tokens(self.fusion, self.features, examples)[0][:, :-1]
+        columns = torch.tensor([[self.column[int(i)] for i in self.captions[e.sample_id]] for e in examples])
+        squared = (group - self.raw[columns]).pow(2).mean() / self.rms ** 2
+        logits = ALIGN_TEMPERATURE * torch.nn.functional.normalize(group, dim=-1) @ self.embeddings.T
+        return squared + torch.nn.functional.cross_entropy(logits.flatten(0, 1), columns.flatten())
 
     def run(self, steps: int, *, progress: Callable[[int, int], None] | None = None) -> list[float]:
         """``steps`` optimizer steps; ``progress(done, steps)`` after each (it may raise to stop)."""
@@ -482,7 +533,8 @@ def train_fusion(engine, *, train_dir: Path, heldout_dir: Path | None, out: Path
         image_fingerprint=getattr(encoders["image_encoder"], "fingerprint", ""),
         audio_fingerprint=getattr(encoders["whisper"], "fingerprint", ""),
         image_projector=config.image_projector, audio_projector=config.audio_projector,
-        image_grid=config.image_grid, embed_rms=embed_rms)
+        image_grid=config.image_grid, image_slots=config.image_slots, audio_cells=config.audio_cells,
+        audio_slots=config.audio_slots, embed_rms=embed_rms)
     torch.manual_seed(config.seed)  # the initial projector weights depend on the seed alone
     fusion = fusion_mod.Fusion(fusion_config)
     trainer = Trainer(llm, fusion, features, build_examples(samples), config=config, system_prompt=system_prompt)

@@ -42,6 +42,34 @@ def test_token_group_shapes_scale_and_weights():
     assert f.image_tokens(torch.randn(3, 49, 24))[:, :-1].pow(2).mean().sqrt() > 0.08
 
 
+def test_whole_image_projector_makes_slot_tokens_from_every_cell():
+    torch.manual_seed(0)
+    f = Fusion(config(image_projector="slots_mlp", image_slots=6, image_grid=2))
+    assert f.config.image_tokens == 7
+    x = torch.randn(3, 49, 24)
+    tokens = f.image_tokens(x)
+    assert tokens.shape == (3, 7, 32)
+    # Each slot depends on the whole image: changing only the last cell's patches moves slot 0.
+    y = x.clone()
+    y[:, 48] += 5 * torch.randn(24)
+    assert not torch.allclose(f.image_tokens(y)[:, 0], tokens[:, 0])
+    with pytest.raises(ValueError, match="cells ≥ 1 and slots ≥ 1"):
+        build_projector("slots_mlp", 8, 4)
+
+
+def test_whole_clip_audio_projector_reads_only_the_speech_present():
+    torch.manual_seed(0)
+    f = Fusion(config(audio_projector="slots_attn", audio_cells=8, audio_slots=5))
+    assert isinstance(f.audio.proj, fusion.AttentionSlotProjector)
+    frames = torch.randn(2, 50, 16)
+    tokens = f.audio_tokens(frames, torch.tensor([50, 12]))
+    assert tokens.shape == (2, 6, 32)
+    # Frames past a clip's length (padding) do not change its tokens.
+    padded = frames.clone()
+    padded[1, 12:] = 100.0
+    assert torch.allclose(f.audio_tokens(padded, torch.tensor([50, 12]))[1], tokens[1])
+
+
 def test_long_audio_is_pooled_to_the_token_cap():
     f = Fusion(config(max_audio_tokens=8, audio_stack=4))
     frames = torch.randn(500, 16)

@@ -99,6 +99,8 @@ def test_examples_from_samples():
 
 
 def test_is_correct_scoring():
+    assert is_correct("It is in the center.", "centre") and is_correct("There are 4 shapes.", "four")
+    assert is_correct("Gray.", "grey") and not is_correct("There are 14 shapes.", "four")
     assert is_correct("Red.", "red") and is_correct("The shape is red.", "red")
     assert not is_correct("It is blue, not red at all, I think maybe", "green")
     assert is_correct("The answer is five", "five") and not is_correct("fifty", "five")
@@ -150,3 +152,38 @@ def test_alignment_pulls_media_tokens_to_their_answer_words(llm):
     with pytest.raises(Stopped):
         aligner.run(10, progress=progress)
     assert seen == [(1, 10), (2, 10), (3, 10)]
+
+
+def test_whole_image_alignment_spells_the_caption(llm):
+    """A ``slots_mlp`` group is taught to read, token by token, as its image's caption."""
+    from pathlib import Path
+
+    from mmchat.fusion_data.records import QA, Sample
+    from mmchat.fusion_train import CAPTION_PAD, Aligner, caption_ids
+
+    features, examples = synthetic()
+    images = [e for e in examples if e.modality == "image"]
+    samples = [Sample(e.sample_id, "image", Path(f"{e.sample_id}.png"), caption=f"a {e.answer} circle",
+                      qa=(QA(e.question, e.answer, e.kind),)) for e in images]
+    ids = caption_ids(llm, "a red circle", 5)
+    assert len(ids) == 5 and llm.tokenizer.decode(ids).startswith(" a red circle")
+    assert ids[-1] == llm.tokenizer(CAPTION_PAD, add_special_tokens=False)["input_ids"][0]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        rms = float(llm.model.get_input_embeddings().weight.float().pow(2).mean().sqrt())
+    fusion = Fusion(FusionConfig(llm=llm.name, hidden_size=llm.hidden_size, embed_rms=rms,
+                                 image_projector="slots_mlp", image_slots=5))
+    vocab = torch.nn.functional.normalize(llm.model.get_input_embeddings().weight.float(), dim=-1)
+
+    def spelt():
+        with torch.no_grad():
+            group = fusion.image_tokens(torch.stack([features[e.sample_id].float() for e in images]))[:, :-1]
+        nearest = (torch.nn.functional.normalize(group, dim=-1) @ vocab.T).argmax(-1)
+        return [llm.tokenizer.decode(row) for row in nearest]
+
+    truth = [llm.tokenizer.decode(caption_ids(llm, s.caption, 5)) for s in samples]
+    assert sum(a == b for a, b in zip(spelt(), truth)) == 0
+    aligner = Aligner(llm, fusion, features, samples, config=TrainConfig(align_batch_size=8, align_lr=1e-2))
+    losses_seen = aligner.run(80)
+    assert losses_seen[-1] < 0.3 * losses_seen[0]
+    assert spelt() == truth  # e.g. " a green circle.." for every image, nearest token by token
