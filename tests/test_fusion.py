@@ -44,7 +44,7 @@ def test_token_group_shapes_scale_and_weights():
 
 def test_whole_image_projector_makes_slot_tokens_from_every_cell():
     torch.manual_seed(0)
-    f = Fusion(config(image_projector="slots_mlp", image_slots=6, image_grid=2))
+    f = Fusion(config(image_projector="slots_mlp", image_slots=6, image_grid=2)).eval()
     assert f.config.image_tokens == 7
     x = torch.randn(3, 49, 24)
     tokens = f.image_tokens(x)

@@ -176,6 +176,7 @@ def test_whole_image_alignment_spells_the_caption(llm):
     vocab = torch.nn.functional.normalize(llm.model.get_input_embeddings().weight.float(), dim=-1)
 
     def spelt():
+        fusion.eval()  # no dropout
         with torch.no_grad():
             group = fusion.image_tokens(torch.stack([features[e.sample_id].float() for e in images]))[:, :-1]
         nearest = (torch.nn.functional.normalize(group, dim=-1) @ vocab.T).argmax(-1)
