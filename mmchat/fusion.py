@@ -5,7 +5,9 @@ that maps encoder features to a group of tokens of the LLM's hidden size:
 
 * image: CLIP patch tokens (7×7 grid of 768-d) → average-pooled to a k×k grid → projector → k² tokens;
 * audio: Whisper encoder frames of the speech actually present → ``audio_stack`` consecutive frames
-  concatenated → projector → one token per stack (capped at ``max_audio_tokens``).
+  concatenated → projector → one token per stack (capped at ``max_audio_tokens``);
+* or, with a whole-media projector (``slots_mlp``, ``slots_attn``), a fixed number of tokens made from
+  every cell (or time cell) together, which the trainer first teaches to spell the caption/transcript.
 
 Learned per-modality weights w = softmax(α) scale each modality's token group, and one fused summary
 token x̂ = Σ wᵢ x̂ᵢ (x̂ᵢ the mean of modality i's tokens) follows each group. The LLM stays frozen.
@@ -46,7 +48,7 @@ class FusionConfig:
     image_dim: int = 768  # CLIP ViT-B/32 patch width
     image_grid: int = 4  # patches pooled from 7×7 to grid×grid cells
     image_projector: str = "mlp2x_gelu"
-    image_slots: int = 16  # tokens a whole-image projector (``slots_mlp``) makes; per-cell ones make grid²
+    image_slots: int = 16  # tokens a whole-image projector (``slots_*``) makes; per-cell ones make grid²
     audio_encoder: str = "whisper-base"
     audio_fingerprint: str = ""
     audio_dim: int = 512  # Whisper-base d_model
@@ -108,9 +110,10 @@ class SlotProjector(nn.Module):
 class AttentionSlotProjector(nn.Module):
     """The whole grid → ``slots`` tokens by attention: learned slot queries attend over the cells
     (each read by one shared MLP, plus a learned position per cell) in ``layers`` rounds, the
-    later rounds asking with what the earlier ones found (a small Perceiver resampler). Sharing
-    the cell reader across positions needs far fewer weights than :class:`SlotProjector`, so it
-    generalises from a few thousand images where that one memorises them."""
+    later rounds asking with what the earlier ones found (a small Perceiver resampler). It shares
+    the cell reader across positions, so it has far fewer weights than :class:`SlotProjector`
+    (0.8 M vs 3.5 M), but measured it learns much more slowly: 25 % held-out caption-word accuracy
+    after 2000 alignment steps, where :class:`SlotProjector` had 48 %."""
 
     def __init__(self, in_dim: int, out_dim: int, *, hidden: int, cells: int, slots: int,
                  width: int = 256, heads: int = 4, layers: int = 2, rank: int = 96) -> None:

@@ -100,8 +100,10 @@ def accuracy(llm, fusion, features, examples: Sequence[Example], *, system_promp
 
 def evaluate(llm, fusion, features, examples: Sequence[Example], *, system_prompt: str,
              limit_per_kind: int = 60) -> dict:
-    token_counts = {"image": fusion.config.image_tokens,
-                    "audio": f"1 per {fusion.config.audio_stack * 20} ms of speech, ≤ {fusion.config.max_audio_tokens} + 1"}
+    cfg = fusion.config
+    token_counts = {"image": cfg.image_tokens,
+                    "audio": cfg.audio_slots + 1 if cfg.audio_projector in fusion_mod.WHOLE_IMAGE_PROJECTORS else
+                    f"1 per {cfg.audio_stack * 20} ms of speech, ≤ {cfg.max_audio_tokens} + 1"}
     return {
         "llm": llm.name,
         "weights": fusion.weights(),
