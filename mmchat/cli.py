@@ -22,6 +22,8 @@ from mmchat.errors import MMChatError
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_BUG = 70  # EX_SOFTWARE: an unexpected error, with a crash report written
+# mmchat.fusion.PROJECTORS' names, spelled out so building the parser does not import torch
+PROJECTOR_NAMES = ("mlp2x_gelu", "linear", "slots_mlp", "slots_attn")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,10 +119,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, help="peak learning rate (default 5e-3)")
     train.add_argument("--align-steps", type=int,
                        help="steps pulling media tokens towards their answer words first (default 600; 0: none)")
-    train.add_argument("--image-projector", choices=("mlp2x_gelu", "linear", "slots_mlp", "slots_attn"),
+    train.add_argument("--image-projector", choices=PROJECTOR_NAMES,
                        help="per-cell tokens (mlp2x_gelu, linear) or whole-image tokens that learn to spell the "
                             "caption first (slots_mlp, slots_attn); default mlp2x_gelu")
-    train.add_argument("--audio-projector", choices=("mlp2x_gelu", "linear", "slots_mlp", "slots_attn"),
+    train.add_argument("--audio-projector", choices=PROJECTOR_NAMES,
                        help="per-frame-stack tokens, or whole-clip tokens that learn to spell the transcript first")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--images", type=int, default=2000, help="generated training images")

@@ -60,9 +60,14 @@ class FusionConfig:
     embed_rms: float = 0.02  # RMS of the LLM's token embeddings; projector outputs start at this scale
     mlp_hidden: int = 512  # inner width of the MLP projectors (keeps the shipped checkpoint a few MB)
 
+    def whole(self, modality: str) -> bool:
+        """True when ``modality``'s projector makes a fixed number of tokens (``<modality>_slots``)
+        from the whole image or clip, rather than one token per cell or frame stack."""
+        return getattr(self, f"{modality}_projector") in WHOLE_MEDIA_PROJECTORS
+
     @property
     def image_tokens(self) -> int:
-        group = self.image_slots if self.image_projector in WHOLE_IMAGE_PROJECTORS else self.image_grid ** 2
+        group = self.image_slots if self.whole("image") else self.image_grid ** 2
         return group + 1  # group + summary token
 
 
@@ -139,7 +144,7 @@ class AttentionSlotProjector(nn.Module):
 
 PROJECTORS = {"linear": _linear, "mlp2x_gelu": _mlp2x_gelu, "slots_mlp": SlotProjector,
               "slots_attn": AttentionSlotProjector}
-WHOLE_IMAGE_PROJECTORS = frozenset({"slots_mlp", "slots_attn"})
+WHOLE_MEDIA_PROJECTORS = frozenset({"slots_mlp", "slots_attn"})
 
 
 def build_projector(name: str, in_dim: int, out_dim: int, *, hidden: int | None = None, cells: int = 0,
@@ -177,9 +182,8 @@ class Fusion(nn.Module):
         self.config = config
         self.image = _Branch(config.image_projector, config.image_dim, config.hidden_size, config.embed_rms,
                              config.mlp_hidden, cells=config.image_grid ** 2, slots=config.image_slots)
-        whole_clip = config.audio_projector in WHOLE_IMAGE_PROJECTORS
-        self.audio = _Branch(config.audio_projector, config.audio_dim * (1 if whole_clip else config.audio_stack),
-                             config.hidden_size, config.embed_rms, config.mlp_hidden,
+        audio_in = config.audio_dim * (1 if config.whole("audio") else config.audio_stack)
+        self.audio = _Branch(config.audio_projector, audio_in, config.hidden_size, config.embed_rms, config.mlp_hidden,
                              cells=config.audio_cells, slots=config.audio_slots)
         self.alpha = nn.Parameter(torch.zeros(len(MODALITIES)))
 
@@ -206,7 +210,7 @@ class Fusion(nn.Module):
 
         Per-token projectors make one token per ``audio_stack`` frames (zero past a clip's length); a
         whole-clip projector pools each clip's frames to ``audio_cells`` cells and makes ``audio_slots``."""
-        if self.config.audio_projector in WHOLE_IMAGE_PROJECTORS:
+        if self.config.whole("audio"):
             lengths = torch.full((len(frames),), frames.shape[1]) if lengths is None else lengths
             cells = torch.stack([nn.functional.adaptive_avg_pool1d(f[:max(1, int(n))].T.unsqueeze(0),
                                                                    self.config.audio_cells)[0].T

@@ -102,7 +102,7 @@ def evaluate(llm, fusion, features, examples: Sequence[Example], *, system_promp
              limit_per_kind: int = 60) -> dict:
     cfg = fusion.config
     token_counts = {"image": cfg.image_tokens,
-                    "audio": cfg.audio_slots + 1 if cfg.audio_projector in fusion_mod.WHOLE_IMAGE_PROJECTORS else
+                    "audio": cfg.audio_slots + 1 if cfg.whole("audio") else
                     f"1 per {cfg.audio_stack * 20} ms of speech, ≤ {cfg.max_audio_tokens} + 1"}
     return {
         "llm": llm.name,

@@ -241,7 +241,7 @@ def media_tokens(fusion: fusion_mod.Fusion, features: dict[str, torch.Tensor], e
     lengths = torch.tensor([len(f) for f in feats])
     padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
     tokens = fusion.audio_tokens(padded, lengths)
-    if fusion.config.audio_projector in fusion_mod.WHOLE_IMAGE_PROJECTORS:
+    if fusion.config.whole("audio"):
         return tokens, torch.ones(tokens.shape[:2])
     s = fusion.config.audio_stack
     n_tokens = (lengths + s - 1) // s
@@ -298,23 +298,24 @@ class Aligner:
     def __init__(self, llm, fusion: fusion_mod.Fusion, features: dict[str, torch.Tensor], samples: Sequence,
                  *, config: TrainConfig) -> None:
         self.fusion, self.features, self.config = fusion, features, config
-        cfg, whole = fusion.config, fusion_mod.WHOLE_IMAGE_PROJECTORS
-        slots = {"image": cfg.image_slots if cfg.image_projector in whole else 0,
-                 "audio": cfg.audio_slots if cfg.audio_projector in whole else 0}
-        # What a whole-media group spells: an image's caption, a clip's transcript.
-        self.captions = {s.id: torch.tensor(caption_ids(llm, text, slots[s.modality])) for s in samples
-                         if slots[s.modality] and (text := s.caption if s.modality == "image" else s.transcript)}
-        words = {s.id: answer_words(s) for s in samples if s.id not in self.captions}
+        cfg = fusion.config
+        slots = {m: getattr(cfg, f"{m}_slots") if cfg.whole(m) else 0 for m in fusion_mod.MODALITIES}
+        # What a whole-media group spells: an image's caption, a clip's transcript (token ids).
+        spelt = {s.id: caption_ids(llm, text, slots[s.modality]) for s in samples
+                 if slots[s.modality] and (text := s.caption if s.modality == "image" else s.transcript)}
+        words = {s.id: answer_words(s) for s in samples if s.id not in spelt}
         ids = word_token_ids(llm, sorted({w for ws in words.values() for w in ws}))
         generator = torch.Generator().manual_seed(config.seed)
         vocab = llm.model.get_input_embeddings().weight.detach().float()
-        targets = {i for v in ids.values() for i in v} | {int(i) for c in self.captions.values() for i in c}
+        targets = {i for v in ids.values() for i in v} | {i for c in spelt.values() for i in c}
         negatives = torch.randperm(len(vocab), generator=generator)[:ALIGN_NEGATIVES].tolist()
         self.candidates = sorted(targets | set(negatives))
         self.column = {token: c for c, token in enumerate(self.candidates)}
         self.raw = vocab[self.candidates]
         self.rms = float(vocab.pow(2).mean().sqrt())
         self.embeddings = torch.nn.functional.normalize(self.raw, dim=-1)
+        # sample id -> (slots,) candidate columns of its caption's tokens, looked up once here
+        self.captions = {i: torch.tensor([self.column[t] for t in ids_]) for i, ids_ in spelt.items()}
         self.targets = {}  # sample id -> (n_candidates,) target distribution over its words' tokens
         for sample_id, ws in words.items():
             cols = [self.column[i] for w in ws for i in ids[w]]
@@ -353,7 +354,7 @@ class Aligner:
     def _caption_loss(self, examples: Sequence[Example]) -> torch.Tensor:
         """Slot j of the group against the caption's j-th token (the summary token is left free)."""
         group = media_tokens(self.fusion, self.features, examples)[0][:, :-1]
-        columns = torch.tensor([[self.column[int(i)] for i in self.captions[e.sample_id]] for e in examples])
+        columns = torch.stack([self.captions[e.sample_id] for e in examples])
         squared = (group - self.raw[columns]).pow(2).mean() / self.rms ** 2
         logits = ALIGN_TEMPERATURE * torch.nn.functional.normalize(group, dim=-1) @ self.embeddings.T
         return squared + torch.nn.functional.cross_entropy(logits.flatten(0, 1), columns.flatten())

@@ -22,6 +22,12 @@ def test_projector_factory_by_name():
         build_projector("qformer", 8, 4)
 
 
+def test_the_cli_offers_every_projector():
+    from mmchat.cli import PROJECTOR_NAMES
+
+    assert sorted(PROJECTOR_NAMES) == sorted(fusion.PROJECTORS)
+
+
 def test_token_group_shapes_scale_and_weights():
     torch.manual_seed(0)
     f = Fusion(config())
