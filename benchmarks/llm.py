@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import Result, Size, median_seconds
+from mmchat import quant
 
 COPY_BUFFER_BYTES = 512 * 2**20  # far larger than any CPU cache
 DECODE_TOKENS = 64
@@ -29,16 +30,6 @@ def copy_bandwidth(*, repeats: int, nbytes: int = COPY_BUFFER_BYTES) -> float:
     dst = np.empty_like(src)
     seconds, _ = median_seconds(lambda: np.copyto(dst, src), repeats=max(repeats, 3))
     return 2 * src.nbytes / seconds
-
-
-def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the distinct parameter tensors (a tied embedding / output matrix counted once)."""
-    seen, total = set(), 0
-    for p in model.parameters():
-        if p.data_ptr() not in seen:
-            seen.add(p.data_ptr())
-            total += p.numel() * p.element_size()
-    return total
 
 
 def _greedy(n: int):
@@ -57,12 +48,12 @@ def decode_vs_bandwidth(llm, size: Size) -> list[Result]:
         llm.generate(messages, config=_greedy(n))
         rates.append(llm.last_stats.generated_tokens / llm.last_stats.decode_seconds)
     bandwidth = copy_bandwidth(repeats=size.repeats)
-    weights = weight_bytes(llm.model)
+    weights = quant.weight_bytes(llm.model)
     bound = bandwidth / weights
     rate = statistics.median(rates)
     detail = {"tokens_per_s": round(rate, 3), "bound_tokens_per_s": round(bound, 3),
               "copy_bandwidth_GBps": round(bandwidth / 1e9, 2), "weight_MB": round(weights / 1e6, 1),
-              "dtype": str(llm.dtype), "tokens": n, "repeats": rates}
+              "dtype": str(llm.dtype), "precision": getattr(llm.model, "precision", "float"), "tokens": n, "repeats": rates}
     return [Result("LLM decode speed", rate, "tokens/s", detail={**detail}),
             Result("LLM decode / bandwidth bound", 100 * rate / bound, "%", target=60, higher_is_better=True,
                    detail=detail)]

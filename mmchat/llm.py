@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -34,6 +35,8 @@ FIT_ATTEMPTS = 3  # re-fits when the rendered template costs more than estimated
 # End-of-turn markers of common chat templates; used only when they are special tokens.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 PREFERRED_DTYPE = torch.bfloat16  # halves RAM; used where the CPU has native bf16 (see _pick_dtype)
+PRECISIONS = ("fp16", "float")  # decoder linear layers: fp16 weights (see mmchat.quant), or all float
+PRECISION_ENV = "MMCHAT_LLM_PRECISION"  # overrides the default precision (fp16 where torch has the kernels)
 
 
 @dataclass(frozen=True)
@@ -100,29 +103,47 @@ class LLM:
         self._cache_keys: list = []  # ... and the keys of the positions it holds
 
     @classmethod
-    def load(cls, name: str | None = None, *, progress: Progress | None = None) -> LLM:
+    def load(cls, name: str | None = None, *, precision: str | None = None,
+             progress: Progress | None = None) -> LLM:
         """Load a registry LLM (default: the registry's default), converting it once if needed."""
         spec = registry.get(name) if name else registry.default(registry.Role.LLM)
         if spec.role is not registry.Role.LLM:
             raise MMChatError(f"{spec.name} is not a language model.",
                               hint="Choose one of: " + ", ".join(m.name for m in registry.by_role(registry.Role.LLM)))
-        return cls.from_directory(model_dir(spec, progress=progress), name=spec.name)
+        return cls.from_directory(model_dir(spec, progress=progress), name=spec.name, precision=precision)
 
     @classmethod
-    def from_directory(cls, path: Path, *, name: str | None = None) -> LLM:
-        """Load a plain Hugging Face model directory (config, safetensors, tokenizer files)."""
+    def from_directory(cls, path: Path, *, name: str | None = None, precision: str | None = None) -> LLM:
+        """Load a plain Hugging Face model directory (config, safetensors, tokenizer files).
+
+        ``precision`` "fp16" converts the decoder layers' linear weights to fp16 while loading (see
+        :mod:`mmchat.quant`); embeddings, norms and the (tied) output matrix stay float. ``None``
+        means :func:`default_precision`."""
         from safetensors import SafetensorError
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        precision = precision or default_precision()
+        if precision not in PRECISIONS:
+            raise MMChatError(f"Unknown LLM precision {precision!r}.", hint="Use one of: " + ", ".join(PRECISIONS))
         started = time.perf_counter()
+        dtype = _pick_dtype()
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=_pick_dtype(), local_files_only=True,
+            # fp16: read the saved (bf16) weights as they are, memory-mapped, and convert layer by
+            # layer, so no full fp32 copy of the model is ever held.
+            model = AutoModelForCausalLM.from_pretrained(path, dtype="auto" if precision == "fp16" else dtype,
+                                                         local_files_only=True,
                                                          use_safetensors=True)  # never a pickled .bin
         except (OSError, ValueError, SafetensorError) as exc:
             raise MMChatError(f"Could not load the model in {path}: {exc}",
                               hint="Fetch or convert it again (delete that directory first).") from exc
-        log.info("loaded %s (%s) in %.1f s", path, model.dtype, time.perf_counter() - started)
+        if precision == "fp16":
+            from mmchat import quant
+
+            quant.convert_layers(model.get_decoder())
+            model.to(torch.float32)  # what is left: embeddings (tied output), norms
+        model.precision = precision
+        log.info("loaded %s (%s, %s) in %.1f s", path, precision, model.dtype, time.perf_counter() - started)
         return cls(name=name or Path(path).name, model=model.eval(), tokenizer=tokenizer)
 
     # ----------------------------------------------------------------- tokens and embeddings
@@ -394,6 +415,16 @@ def _stop_ids(model, tokenizer) -> frozenset[int]:
     added = tokenizer.get_added_vocab()
     ids.update(added[t] for t in END_OF_TURN_TOKENS if t in added)
     return frozenset(ids)
+
+
+def default_precision() -> str:
+    """fp16 decoder weights where this torch has fbgemm, unless $MMCHAT_LLM_PRECISION says otherwise."""
+    from mmchat import quant
+
+    wanted = os.environ.get(PRECISION_ENV, "").strip().lower()
+    if wanted:
+        return wanted
+    return "fp16" if quant.available() else "float"
 
 
 def _pick_dtype() -> torch.dtype:

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from mmchat import paths
+from mmchat import paths, quant
 from mmchat.errors import MMChatError
 from mmchat.llm import LLM, MEDIA_PLACEHOLDER, GenerationConfig, _Detokenizer
 
@@ -31,6 +31,24 @@ def test_loaded_model_attributes(llm):
     assert 1024 <= llm.context_length <= 8192
     assert llm.tokenizer.convert_tokens_to_ids("<|im_end|>") in llm.stop_ids
     assert llm.count_tokens("Hello world") == 2
+
+
+@pytest.mark.skipif(not quant.available(), reason="this torch build has no fbgemm kernels")
+def test_default_precision_halves_the_decoder_layers_only(llm):
+    decoder = llm.model.get_decoder()
+    assert llm.model.precision == "fp16"
+    assert not [m for m in decoder.modules() if type(m) is torch.nn.Linear]
+    assert sum(isinstance(m, quant.HalfLinear) for m in decoder.modules()) == 7 * len(decoder.layers)
+    # the output matrix stays float and tied to the input embeddings (fusion aligns to those)
+    assert llm.model.lm_head.weight is decoder.embed_tokens.weight
+    assert decoder.embed_tokens.weight.dtype == torch.float32
+    assert quant.weight_bytes(llm.model) < 1.3e9  # fp32 weights would be 2.0 GB
+
+
+def test_unknown_precision_is_refused_with_the_choices():
+    with pytest.raises(MMChatError, match="int4") as raised:
+        LLM.load(precision="int4")
+    assert "fp16" in raised.value.hint
 
 
 def test_greedy_answer_contains_paris(llm):
