@@ -128,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--images", type=int, default=2000, help="generated training images")
     train.add_argument("--speech", type=int, default=600, help="generated training clips")
     train.add_argument("--no-resume", action="store_true", help="start afresh even if a saved state exists")
+    train.add_argument("--eval-limit", type=int, default=40, help="held-out questions per kind (0: no eval)")
     train.set_defaults(func=_cmd_train_fusion)
 
     ev = sub.add_parser("eval-fusion", help="held-out loss/accuracy of a fusion checkpoint vs. controls")
@@ -422,12 +423,14 @@ def _cmd_train_fusion(args) -> int:
                                                          seed=args.seed))
     else:
         train_dir, heldout_dir = args.data, args.heldout
+    if args.eval_limit <= 0:
+        heldout_dir = None
     out = args.out or checkpoint_dirs(engine.model_name("llm"))[0]
     given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "align_steps": args.align_steps,
              "image_projector": args.image_projector, "audio_projector": args.audio_projector}
     config = TrainConfig(seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     report = train_fusion(engine, train_dir=train_dir, heldout_dir=heldout_dir, out=out, config=config,
-                          system_prompt=SYSTEM_PROMPT, resume=not args.no_resume)
+                          system_prompt=SYSTEM_PROMPT, resume=not args.no_resume, eval_limit=args.eval_limit)
     if "heldout" in report:
         print(format_report(report["heldout"]))
     print(f"fusion checkpoint written to {out}")

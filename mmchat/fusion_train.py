@@ -361,11 +361,10 @@ class Aligner:
 
     def run(self, steps: int, *, progress: Callable[[int, int], None] | None = None) -> list[float]:
         """``steps`` optimizer steps; ``progress(done, steps)`` after each (it may raise to stop)."""
-        modalities = [m for m in fusion_mod.MODALITIES if self.by_modality[m]]
         losses = []
         self.fusion.train()
         for step in range(steps):
-            pool = self.by_modality[modalities[step % len(modalities)]]
+            pool = self.by_modality[modality_for(step, self.by_modality, audio_every=self.config.audio_every)]
             picked = torch.randint(len(pool), (min(self.config.align_batch_size, len(pool)),),
                                    generator=self.generator)
             loss = self.loss([pool[i] for i in picked.tolist()])
@@ -399,8 +398,7 @@ class Trainer:
 
     def _batch(self, step: int) -> list[Example]:
         c = self.config
-        modality = "audio" if self.by_modality["audio"] and (
-            not self.by_modality["image"] or step % c.audio_every == c.audio_every - 1) else "image"
+        modality = modality_for(step, self.by_modality, audio_every=c.audio_every)
         pool = self.by_modality[modality]
         per_epoch = max(1, len(pool) // c.batch_size)
         epoch, index = divmod(step, per_epoch)
@@ -476,6 +474,15 @@ class Trainer:
                 self.optimizer.state[p] = state
         self.step, self.losses = meta["step"], meta.get("losses", [])
         return True
+
+
+def modality_for(step: int, by_modality: dict[str, list], *, audio_every: int) -> str:
+    """Which modality's batch ``step`` trains: every ``audio_every``-th is audio when both have data."""
+    if not by_modality["image"]:
+        return "audio"
+    if not by_modality["audio"]:
+        return "image"
+    return "audio" if step % audio_every == audio_every - 1 else "image"
 
 
 def require_modalities(samples: Sequence) -> None:
