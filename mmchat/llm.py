@@ -138,10 +138,7 @@ class LLM:
             raise MMChatError(f"Could not load the model in {path}: {exc}",
                               hint="Fetch or convert it again (delete that directory first).") from exc
         if precision == "fp16":
-            from mmchat import quant
-
-            quant.convert_layers(model.get_decoder())
-            model.to(torch.float32)  # what is left: embeddings (tied output), norms
+            _to_half_layers(model, Path(path))
         model.precision = precision
         log.info("loaded %s (%s, %s) in %.1f s", path, precision, model.dtype, time.perf_counter() - started)
         return cls(name=name or Path(path).name, model=model.eval(), tokenizer=tokenizer)
@@ -415,6 +412,20 @@ def _stop_ids(model, tokenizer) -> frozenset[int]:
     added = tokenizer.get_added_vocab()
     ids.update(added[t] for t in END_OF_TURN_TOKENS if t in added)
     return frozenset(ids)
+
+
+def _to_half_layers(model, path: Path) -> None:
+    """fp32 embeddings (the tied output matrix) first, then each decoder layer's linear weights to
+    fp16, giving back the memory-mapped file's pages as it goes: the load peaks near the final size
+    instead of holding the whole bf16 file plus both copies."""
+    from mmchat import quant
+
+    model.get_input_embeddings().to(torch.float32)  # in place: the tie to lm_head holds
+    quant.release_file_pages(path)
+    for layer in model.get_decoder().layers:
+        quant.convert_layers(layer)
+        quant.release_file_pages(path)
+    model.to(torch.float32)  # what is left: norms, rotary buffers
 
 
 def default_precision() -> str:

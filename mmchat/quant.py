@@ -20,10 +20,20 @@ layer exists beside the packed weights at any moment.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import logging
+import sys
+from pathlib import Path
+
 import torch
 from torch import nn
 
-__all__ = ["HalfLinear", "available", "convert_layers", "weight_bytes"]
+__all__ = ["HalfLinear", "available", "convert_layers", "release_file_pages", "weight_bytes"]
+
+log = logging.getLogger(__name__)
+
+MADV_DONTNEED = 4  # Linux madvise(2): drop these pages; a file mapping re-reads them on the next access
 
 
 def available() -> bool:
@@ -72,3 +82,42 @@ def weight_bytes(model: nn.Module) -> int:
             seen.add(p.data_ptr())
             total += p.numel() * p.element_size()
     return total + sum(m.nbytes for m in model.modules() if isinstance(m, HalfLinear))
+
+
+def _libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def release_file_pages(path: Path) -> int:
+    """Give back the resident pages of this process's read-only mappings of files under ``path``
+    (Linux; elsewhere a no-op), and trim the C heap. Returns the bytes of mappings advised.
+
+    Loading a model memory-maps its safetensors file; every page read while converting stays
+    resident (and counted in RSS) until the mapping goes, i.e. until the whole load is over. The
+    mapping is file-backed and its tensors are only read, so dropping its pages loses nothing: a
+    later read faults them in again from the file. (A page of a private mapping that had been
+    written would revert to the file's bytes: call this only on files whose tensors are not
+    modified in place.)"""
+    libc = _libc()
+    if libc is None:
+        return 0
+    prefix, advised = str(path), 0
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].strip().startswith(prefix):
+                    start, end = (int(x, 16) for x in fields[0].split("-"))
+                    if libc.madvise(start, end - start, MADV_DONTNEED) == 0:
+                        advised += end - start
+        libc.malloc_trim(0)  # freed float copies go back to the OS, not only to malloc's free lists
+    except (OSError, AttributeError) as exc:
+        log.debug("could not release pages of %s: %s", path, exc)
+    return advised

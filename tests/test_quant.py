@@ -1,6 +1,10 @@
 """Half-size linear layers: close to the float layer, batch-invariant, differentiable w.r.t. the
 input, counted right."""
 
+import os
+import sys
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -57,3 +61,20 @@ def test_convert_layers_replaces_nested_linears_and_counts_half_bytes():
     half = (2 * 256 * 96 + 4 * 96) + (2 * 96 * 256 + 4 * 256)
     assert quant.weight_bytes(model) == embedding + half < float_bytes
     assert quant.convert_layers(model) == 0  # nothing left to replace
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise and /proc/self/maps are Linux's")
+def test_released_file_pages_leave_rss_and_read_back_unchanged(tmp_path):
+    path = tmp_path / "weights.bin"
+    values = np.arange(16 * 2**20, dtype=np.float32)  # 64 MiB
+    values.tofile(path)
+    mapped = np.memmap(path, dtype=np.float32, mode="r")
+    assert float(mapped.sum(dtype=np.float64)) == float(values.sum(dtype=np.float64))  # every page read
+    before = _rss_mib()
+    assert quant.release_file_pages(tmp_path) >= values.nbytes
+    assert before - _rss_mib() > 48  # most of the 64 MiB left the resident set
+    assert np.array_equal(mapped[::4096], values[::4096])  # and the data is still there
+
+
+def _rss_mib() -> float:
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20

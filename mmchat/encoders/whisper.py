@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from mmchat import cache
+from mmchat import cache, quant
 from mmchat.audio import SAMPLE_RATE, frame_dbfs, speech_span
 from mmchat.encoders import whisper_convert
 from mmchat.encoders.whisper_model import (CHUNK_S, HOP_LENGTH, N_FRAMES, ModelDimensions, WhisperNet,
@@ -141,6 +141,8 @@ class Whisper:
         except (SafetensorError, RuntimeError, ValueError, OSError) as exc:
             raise MMChatError(f"The converted speech model in {directory} could not be read ({exc}).",
                               hint="Delete that folder; it is rebuilt on the next start.") from None
+        del state
+        quant.release_file_pages(directory)  # the file's pages and the freed float copies
         net.decoder.use_output_dtype(LOGITS_DTYPE)
         net.eval().requires_grad_(False)
         config = json.loads(source.config.read_text())
