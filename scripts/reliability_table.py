@@ -30,6 +30,8 @@ AREAS = {
     "test_audio.py": "3. Bad input: audio fuzzing (existing)",
     "test_hardware_faults.py": "4. Hardware faults and no display",
     "test_untrusted_files.py": "5. Model files: tampering, truncation, no unpickling",
+    "test_memory.py": "6. Memory injection: never stored unconfirmed, never out of its delimiters",
+    "test_ui_chat.py": "6. Memory injection: never active content in the chat view",
 }
 
 PREAMBLE = """# Reliability and security (issue 7)

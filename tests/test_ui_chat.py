@@ -1,9 +1,14 @@
 """The chat window with a scripted LLM: send, stream, Stop, Regenerate, Edit, conversations, safety."""
 
+import re
+
 import pytest
 from PySide6.QtCore import QEvent, Qt
 from PySide6.QtGui import QGuiApplication, QKeyEvent
 from PySide6.QtWidgets import QAbstractItemView, QApplication, QLineEdit
+
+import reliability
+from hostile import HOSTILE
 
 from mmchat.errors import MMChatError
 from mmchat.probe import Probe
@@ -154,6 +159,27 @@ def test_reply_markdown_is_rendered_and_raw_html_is_not(qtbot, make_window):
     assert "font-weight" in html  # **bold** did render
     user = window.chat.messages()[0]
     assert user.label.textFormat() == Qt.TextFormat.PlainText and user.label.text() == "<b>not bold</b>"
+
+
+@pytest.mark.reliability
+def test_no_hostile_memory_text_renders_as_active_content(qtbot, make_window):
+    """Issue 7's injection set, sent by the user and repeated by the model: shown, never active."""
+    reliability.count(len(HOSTILE))
+    window = make_window(DemoEngine(DemoLLM("\n\n".join(HOSTILE))))
+    window.composer.edit.setPlainText("\n".join(HOSTILE))  # pasted: keyClicks cannot type U+202E
+    window.composer.edit.setFocus()
+    qtbot.keyClick(window.composer.edit, Qt.Key.Key_Return)
+    reply = wait_reply(qtbot, window)
+    html = "".join(w.toHtml() for w in reply.body.widgets() if hasattr(w, "toHtml"))
+    assert "&lt;script&gt;" in html  # the text is there, as text
+    tags = re.findall(r"<([a-zA-Z][a-zA-Z0-9]*)([^>]*)>", html)
+    assert not {name.lower() for name, _ in tags} & {"script", "img", "iframe", "svg", "object", "embed"}, tags
+    assert not [attrs for _, attrs in tags if re.search(r"\bon[a-z]+\s*=", attrs, re.I)]
+    links = [part.split('"', 1)[0] for part in html.split('href="')[1:]]
+    assert all(markdown.is_safe_link(url) for url in links), links
+    assert "![tracker]" not in html and "evil.example/pixel" not in links  # the image became no image
+    user = window.chat.messages()[0]
+    assert user.label.textFormat() == Qt.TextFormat.PlainText and user.label.text() == "\n".join(HOSTILE)
 
 
 def test_code_blocks_are_highlighted_and_copyable(qtbot, make_window):
