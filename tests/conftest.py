@@ -103,9 +103,13 @@ def pytest_unconfigure(config):
     Seen on a fresh clone: after the whole suite passed and printed its summary, interpreter
     teardown (Qt objects and torch/onnxruntime thread pools destroyed in arbitrary order) crashed
     with SIGSEGV. That crash happens after every test has run; exiting here keeps it from turning a
-    green run red while it is investigated (see the issue notes)."""
+    green run red while it is investigated (see the issue notes). MMCHAT_TEST_NATURAL_EXIT=1 lets
+    the interpreter tear down normally, to reproduce it (the UI, voice, TTS and real-model UI test
+    files together did not, in session 5)."""
     import sys
 
     sys.stdout.flush()
     sys.stderr.flush()
+    if os.environ.get("MMCHAT_TEST_NATURAL_EXIT"):  # to reproduce the teardown crash
+        return
     os._exit(_exit_status)

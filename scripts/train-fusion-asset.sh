@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Rebuild the fusion checkpoint shipped in assets/fusion/ for the default LLM, from data generated
+# here (nothing downloaded). Deterministic (seed 1). Measured on a 2-core CPU: see
+# assets/fusion/README.md for the time each stage took and the held-out evaluation.
+#   scripts/train-fusion-asset.sh            # writes assets/fusion/qwen2.5-coder-0.5b-instruct/
+#   scripts/train-fusion-asset.sh --out DIR  # anywhere else
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+"$root/scripts/setup-venv.sh"
+# slots_mlp for both modalities: each image / clip becomes 16 tokens trained to spell its caption /
+# transcript in the LLM's input embeddings (alignment steps, no LLM forward pass); no answer-loss
+# steps (--steps 0): on this CPU they cost 6-7 s each and undid part of the alignment.
+exec "${MMCHAT_VENV:-$root/.venv}/bin/mmchat" train-fusion --seed 1 --images 8000 --speech 1200 \
+    --image-projector slots_mlp --audio-projector slots_mlp --align-steps 4500 --steps 0 \
+    --eval-limit 20 --no-resume --out "$root/assets/fusion/qwen2.5-coder-0.5b-instruct" "$@"
