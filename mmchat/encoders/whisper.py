@@ -142,6 +142,8 @@ class Whisper:
             raise MMChatError(f"The converted speech model in {directory} could not be read ({exc}).",
                               hint="Delete that folder; it is rebuilt on the next start.") from None
         del state
+        if quant.available():  # fp16 weights, fp32 arithmetic: 0.40 s instead of 0.48 s for a 5 s clip, same words
+            quant.convert_layers(net)
         quant.release_file_pages(directory)  # the file's pages and the freed float copies
         net.decoder.use_output_dtype(LOGITS_DTYPE)
         net.eval().requires_grad_(False)
