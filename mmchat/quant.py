@@ -1,4 +1,4 @@
-"""Half-size weights for the LLM's linear layers, converted as the model loads.
+"""Half-size weights for the linear layers of the LLM and Whisper, converted as the model loads.
 
 A decoder on a 2-core CPU spends its time reading weights. :class:`HalfLinear` keeps a layer's
 weight in fp16 (fbgemm's packed form) and multiplies in fp32, converting the weight on the fly
@@ -8,7 +8,8 @@ Why not int8: fbgemm's dynamic int8 kernel quantises the activations with one sc
 a token's output depends on which other tokens share the call — a cached prefix and a fresh
 prefill disagree, and greedy replies changed ("France" for the capital of France with every layer
 int8). fp16 weights leave activations alone: each token's result depends on that token only.
-Measured with Qwen2.5-0.5B on a 2-core AVX2 CPU: 10 tokens/s against fp32's 5, same greedy text.
+Measured on a 2-core AVX2 CPU: Qwen2.5-0.5B decodes 10 tokens/s against fp32's 5 with the same
+greedy text; Whisper-base transcribes a 5 s clip in 0.40 s against 0.48 s, with the same words.
 
 The layer stays differentiable with respect to its input (the fusion trainer's answer loss
 backpropagates through the frozen LLM into the media tokens): the backward unpacks the weight to
