@@ -7,7 +7,7 @@ import torch
 from mmchat.chat import SYSTEM_PROMPT
 from mmchat.fusion import Fusion, FusionConfig
 from mmchat.fusion_eval import is_correct, losses
-from mmchat.fusion_train import Example, Trainer, TrainConfig, build_examples
+from mmchat.fusion_train import Example, Trainer, TrainConfig, build_examples, modality_for
 
 COLOURS = ("red", "green", "blue")
 
@@ -188,3 +188,10 @@ def test_whole_image_alignment_spells_the_caption(llm):
     losses_seen = aligner.run(80)
     assert losses_seen[-1] < 0.3 * losses_seen[0]
     assert spelt() == truth  # e.g. " a green circle.." for every image, nearest token by token
+
+
+def test_alignment_and_training_share_one_image_audio_schedule():
+    both = {"image": [1], "audio": [1]}
+    assert [modality_for(step, both, audio_every=3) for step in range(6)] == ["image", "image", "audio"] * 2
+    assert {modality_for(step, {"image": [1], "audio": []}, audio_every=3) for step in range(6)} == {"image"}
+    assert {modality_for(step, {"image": [], "audio": [1]}, audio_every=3) for step in range(6)} == {"audio"}
