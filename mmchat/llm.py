@@ -126,12 +126,11 @@ class LLM:
         if precision not in PRECISIONS:
             raise MMChatError(f"Unknown LLM precision {precision!r}.", hint="Use one of: " + ", ".join(PRECISIONS))
         started = time.perf_counter()
-        dtype = _pick_dtype()
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             # fp16: read the saved (bf16) weights as they are, memory-mapped, and convert layer by
             # layer, so no full fp32 copy of the model is ever held.
-            model = AutoModelForCausalLM.from_pretrained(path, dtype="auto" if precision == "fp16" else dtype,
+            model = AutoModelForCausalLM.from_pretrained(path, dtype="auto" if precision == "fp16" else _pick_dtype(),
                                                          local_files_only=True,
                                                          use_safetensors=True)  # never a pickled .bin
         except (OSError, ValueError, SafetensorError) as exc:
