@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from mmchat import registry
 from mmchat.cache import Progress
@@ -95,7 +96,8 @@ class LLM:
         config = model.config.get_text_config()
         self.hidden_size: int = config.hidden_size
         self.context_length: int = min(config.max_position_embeddings, MAX_CONTEXT_TOKENS)
-        self.dtype: torch.dtype = model.dtype
+        # What the input embeddings come out as (fp16 precision: float32 rows of a bf16 table).
+        self.dtype: torch.dtype = model.get_input_embeddings()(torch.zeros(1, dtype=torch.long)).dtype
         self.stop_ids: frozenset[int] = _stop_ids(model, tokenizer)
         self.last_stats: GenerationStats | None = None
         self._lock = threading.Lock()
@@ -414,17 +416,34 @@ def _stop_ids(model, tokenizer) -> frozenset[int]:
 
 
 def _to_half_layers(model, path: Path) -> None:
-    """fp32 embeddings (the tied output matrix) first, then each decoder layer's linear weights to
-    fp16, giving back the memory-mapped file's pages as it goes: the load peaks near the final size
-    instead of holding the whole bf16 file plus both copies."""
+    """fp16 linear weights, layer by layer, giving back the memory-mapped file's pages as it goes,
+    so the load peaks near the final size instead of holding the whole bf16 file plus copies.
+
+    The tied vocabulary matrix (a third of the model) is used twice: the output projection gets
+    its own fp16 packed copy, and the input lookup reads rows straight from the mapped file
+    (:class:`~mmchat.quant.FloatEmbedding`): no fp32 copy of it is ever kept."""
     from mmchat import quant
 
-    model.get_input_embeddings().to(torch.float32)  # in place: the tie to lm_head holds
+    embedding = model.get_input_embeddings()
+    head = nn.Linear(embedding.embedding_dim, embedding.num_embeddings, bias=False, device="meta")
+    head.weight = embedding.weight
+    model.set_output_embeddings(quant.HalfLinear(head))
+    model.set_input_embeddings(quant.FloatEmbedding(embedding))
+    model.config.tie_word_embeddings = False  # nothing to re-tie: a later tie_weights() must not undo this
+    del head
     quant.release_file_pages(path)
     for layer in model.get_decoder().layers:
         quant.convert_layers(layer)
         quant.release_file_pages(path)
-    model.to(torch.float32)  # what is left: norms, rotary buffers
+    table = model.get_input_embeddings().weight
+    for param in model.parameters():  # what is left: the norms
+        if param is not table:
+            param.data = param.data.float()
+    for module in model.modules():  # and the rotary buffers
+        for key, buffer in module.named_buffers(recurse=False):
+            if buffer.is_floating_point():
+                module._buffers[key] = buffer.float()
+    quant.release_file_pages(path)
 
 
 def default_precision() -> str:

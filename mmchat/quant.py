@@ -1,4 +1,5 @@
-"""Half-size weights for the linear layers of the LLM and Whisper, converted as the model loads.
+"""Half-size weights for the linear layers of the LLM, Whisper and CLIP's vision tower, converted
+as each model loads.
 
 A decoder on a 2-core CPU spends its time reading weights. :class:`HalfLinear` keeps a layer's
 weight in fp16 (fbgemm's packed form) and multiplies in fp32, converting the weight on the fly
@@ -16,7 +17,9 @@ backpropagates through the frozen LLM into the media tokens): the backward unpac
 fp32 for its one product.
 
 :func:`convert_layers` swaps ``nn.Linear`` modules one at a time, so the float copy of only one
-layer exists beside the packed weights at any moment.
+layer exists beside the packed weights at any moment. :class:`FloatEmbedding` serves an embedding
+table's rows (as float32) straight from the saved, memory-mapped matrix: the LLM's vocabulary
+matrix is kept once as its fp16 output projection, with no fp32 copy for the input side.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["HalfLinear", "available", "convert_layers", "release_file_pages", "weight_bytes"]
+__all__ = ["FloatEmbedding", "HalfLinear", "available", "convert_layers", "release_file_pages", "weight_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,24 @@ class HalfLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, fp16 weights"
 
 
+class FloatEmbedding(nn.Module):
+    """An embedding table kept as given (e.g. a memory-mapped bf16 matrix) whose rows come out as
+    float32. A lookup touches only the rows it reads, so a file-backed table costs almost no
+    resident memory: the LLM's 151936-row vocabulary needs no fp32 copy for the input side."""
+
+    def __init__(self, embedding: nn.Embedding) -> None:
+        super().__init__()
+        self.weight = embedding.weight
+        self.padding_idx = embedding.padding_idx
+        self.num_embeddings, self.embedding_dim = embedding.num_embeddings, embedding.embedding_dim
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return nn.functional.embedding(ids, self.weight, self.padding_idx).float()
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, {self.weight.dtype} rows as float32"
+
+
 class _HalfLinearFunction(torch.autograd.Function):
     """The fast kernel forward; backward to the input only (the weights are frozen), unpacking the
     weight for that one product instead of keeping a float copy of every layer for the backward."""
@@ -88,10 +109,13 @@ def convert_layers(module: nn.Module) -> int:
     return replaced
 
 
-def weight_bytes(model: nn.Module) -> int:
+def weight_bytes(model: nn.Module, *, per_token: bool = False) -> int:
     """Bytes of the model's distinct weights: float parameters (a tied matrix counted once) plus
-    the packed half-size layers."""
+    the packed half-size layers. ``per_token``: only what decoding one token reads, i.e. without
+    :class:`FloatEmbedding` tables, of which a token reads one row."""
     seen, total = set(), 0
+    if per_token:
+        seen = {m.weight.data_ptr() for m in model.modules() if isinstance(m, FloatEmbedding)}
     for p in model.parameters():
         if p.data_ptr() not in seen:
             seen.add(p.data_ptr())

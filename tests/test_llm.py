@@ -39,10 +39,18 @@ def test_default_precision_halves_the_decoder_layers_only(llm):
     assert llm.model.precision == "fp16"
     assert not [m for m in decoder.modules() if type(m) is torch.nn.Linear]
     assert sum(isinstance(m, quant.HalfLinear) for m in decoder.modules()) == 7 * len(decoder.layers)
-    # the output matrix stays float and tied to the input embeddings (fusion aligns to those)
-    assert llm.model.lm_head.weight is decoder.embed_tokens.weight
-    assert decoder.embed_tokens.weight.dtype == torch.float32
-    assert quant.weight_bytes(llm.model) < 1.3e9  # fp32 weights would be 2.0 GB
+    # The vocabulary matrix: an fp16 output projection, and input rows read from the saved bf16
+    # table, coming out as float32 and equal to the output matrix's rows.
+    assert isinstance(llm.model.lm_head, quant.HalfLinear)
+    assert isinstance(decoder.embed_tokens, quant.FloatEmbedding)
+    assert decoder.embed_tokens.weight.dtype == torch.bfloat16 and llm.dtype == torch.float32
+    head, _ = torch.ops.quantized.linear_unpack_fp16(llm.model.lm_head._packed)
+    ids = llm.encode(" Paris Berlin")
+    assert torch.equal(head[ids], llm.embed(ids))
+    assert not [p for p in llm.model.parameters() if p.dtype == torch.float32 and p.numel() > 10**6]
+    assert quant.weight_bytes(llm.model, per_token=True) < 1.0e9  # fp32 weights would be 2.0 GB
+    assert quant.weight_bytes(llm.model) - quant.weight_bytes(llm.model, per_token=True) == (
+        decoder.embed_tokens.weight.nbytes)
 
 
 def test_unknown_precision_is_refused_with_the_choices():
@@ -197,7 +205,8 @@ def test_embed_returns_the_input_embedding_rows(llm):
     ids = llm.encode(" Paris Berlin")
     rows = llm.embed(ids)
     assert rows.shape == (len(ids), llm.hidden_size)
-    assert torch.equal(rows, llm.model.get_input_embeddings().weight[ids])
+    assert rows.dtype == llm.dtype
+    assert torch.equal(rows, llm.model.get_input_embeddings().weight[ids].to(llm.dtype))
 
 
 def test_unknown_or_non_llm_or_missing_models_are_user_errors():

@@ -63,6 +63,21 @@ def test_convert_layers_replaces_nested_linears_and_counts_half_bytes():
     assert quant.convert_layers(model) == 0  # nothing left to replace
 
 
+def test_float_embedding_reads_rows_of_the_given_table_as_float32():
+    table = nn.Embedding(50, 16)
+    table.weight.data = table.weight.data.to(torch.bfloat16)
+    embedding = quant.FloatEmbedding(table)
+    ids = torch.tensor([[3, 49, 0]])
+    rows = embedding(ids)
+    assert rows.dtype == torch.float32 and rows.shape == (1, 3, 16)
+    assert torch.equal(rows[0], table.weight[ids[0]].float())
+    assert embedding.weight is table.weight  # the table itself (e.g. memory-mapped), not a copy
+    # decoding a token reads one row of it: not counted in the per-token bytes
+    model = nn.Sequential(embedding, quant.HalfLinear(nn.Linear(16, 50, bias=False)))
+    assert quant.weight_bytes(model) == 50 * 16 * 2 + 16 * 50 * 2
+    assert quant.weight_bytes(model, per_token=True) == 16 * 50 * 2
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise and /proc/self/maps are Linux's")
 def test_released_file_pages_leave_rss_and_read_back_unchanged(tmp_path):
     path = tmp_path / "weights.bin"
