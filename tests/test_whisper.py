@@ -109,6 +109,18 @@ def test_encode_returns_frames_for_the_speech_present(whisper):
     assert torch.isfinite(long).all() and not long.requires_grad and not long.is_inference()
 
 
+def test_weights_are_the_stored_ones_without_float_copies(whisper):
+    """Loaded straight from the file (nothing left on the meta device, no random init), the token
+    table kept half-size and shared by the output projection, everything else float32."""
+    net = whisper.net
+    tensors = [*net.parameters(), *net.buffers()]
+    assert not [t for t in tensors if t.is_meta]
+    table = net.decoder.token_embedding.weight
+    assert table.dtype == torch.float16 and net.decoder.output_weight.data_ptr() == table.data_ptr()
+    assert {t.dtype for t in tensors if t is not table} == {torch.float32}
+    assert sum(t.numel() * t.element_size() for t in tensors) < 80e6  # packed linears aside; fp32 would be 290 MB
+
+
 def test_fingerprint_is_the_converted_weights_hash(whisper):
     directory = whisper_convert.converted_dir("whisper-base")
     assert whisper.fingerprint == cache.sha256_file(directory / whisper_convert.WEIGHTS_FILE)

@@ -134,18 +134,25 @@ class Whisper:
         source = whisper_convert.locate_source(name)
         directory = whisper_convert.converted_dir(name, progress=progress)
         dims = ModelDimensions(**json.loads((directory / whisper_convert.DIMS_FILE).read_text()))
-        net = WhisperNet(dims)
+        with torch.device("meta"):  # no random init to overwrite: the file's tensors become the weights
+            net = WhisperNet(dims)
         try:
             state = load_file(str(directory / whisper_convert.WEIGHTS_FILE))
-            net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+            net.load_state_dict(state, strict=True, assign=True)  # as stored (fp16): no float copy of all
         except (SafetensorError, RuntimeError, ValueError, OSError) as exc:
             raise MMChatError(f"The converted speech model in {directory} could not be read ({exc}).",
                               hint="Delete that folder; it is rebuilt on the next start.") from None
         del state
         if quant.available():  # fp16 weights, fp32 arithmetic: 0.40 s instead of 0.48 s for a 5 s clip, same words
-            quant.convert_layers(net)
-        quant.release_file_pages(directory)  # the file's pages and the freed float copies
-        net.decoder.use_output_dtype(LOGITS_DTYPE)
+            quant.convert_layers(net)  # one layer's float copy at a time
+        net.decoder.use_output_dtype(LOGITS_DTYPE)  # the token table stays half-size (lookups come out float)
+        for param in net.parameters():
+            if param is not net.decoder.token_embedding.weight:
+                param.data = param.data.float()
+        for module in net.modules():
+            for key, buffer in module.named_buffers(recurse=False):
+                module._buffers[key] = buffer.float()
+        quant.release_file_pages(directory)  # the file's pages and the freed copies
         net.eval().requires_grad_(False)
         config = json.loads(source.config.read_text())
         tokenizer = Tokenizer.from_file(str(source.tokenizer))

@@ -200,16 +200,18 @@ class TextDecoder(nn.Module):
         self.output_weight: Tensor | None = None  # see use_output_dtype
 
     def use_output_dtype(self, dtype: torch.dtype) -> None:
-        """Compute logits against a copy of the (tied) token embedding in ``dtype``.
+        """Keep the (tied) token embedding in ``dtype`` and compute logits against it.
 
         One token at a time, the vocabulary projection is a memory-bound matrix-vector product;
-        float16 halves the bytes it reads (and is the precision the weights ship in)."""
-        self.output_weight = self.token_embedding.weight.detach().to(dtype)
+        float16 halves the bytes it reads (and is the precision the weights ship in, so the
+        lookups, which come out as float32, are exact)."""
+        self.token_embedding.weight.data = self.token_embedding.weight.data.to(dtype)
+        self.output_weight = self.token_embedding.weight.detach()
 
     def forward(self, tokens: Tensor, xa: Tensor, cache: KVCache) -> Tensor:
         """Logits (batch, n_new, n_vocab) for ``tokens`` following the ``cache.length`` already seen."""
         start = cache.length
-        x = self.token_embedding(tokens) + self.positional_embedding[start: start + tokens.shape[-1]]
+        x = self.token_embedding(tokens).float() + self.positional_embedding[start: start + tokens.shape[-1]]
         for layer, block in enumerate(self.blocks):
             x = block.decode(x, cache, layer, xa)
         cache.length += tokens.shape[-1]
