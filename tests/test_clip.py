@@ -5,6 +5,7 @@ features still carry image content (colour from the pooled embedding, position i
 Fetched weights are exercised with a tiny CLIP served by a fake hub (no network).
 """
 
+import copy
 import io
 import json
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from mmchat import download, registry
+from mmchat import download, quant, registry
 from mmchat.encoders import clip
 from mmchat.encoders.clip import (UNTRAINED, ImageEncoder, ImageFeatures, TransformersClipBackend,
                                   byte_level_clip_tokenizer, load_image_encoder)
@@ -70,6 +71,42 @@ def test_random_init_is_untrained_and_ViT_B_32_sized(encoder, rng_record):
     assert torch.equal(rng_record["before"], rng_record["after"])  # the caller's RNG is left alone
 
 
+def test_cached_random_init_is_the_fresh_draw_with_half_size_layers(encoder):
+    """The init kept in the cache is what a fresh seeded draw gives (the same fingerprint, so fusion
+    checkpoints stay valid); its transformer layers hold fp16 weights, and its features stay within
+    1e-3 of the fp32 draw's."""
+    from transformers import CLIPConfig, CLIPModel
+
+    fresh = clip._seeded(int(registry.get(NAME).settings.get("seed", 0)), lambda: CLIPModel(CLIPConfig()))
+    fresh.eval().requires_grad_(False)
+    state = {f"vision_model.{k}": v for k, v in fresh.vision_model.state_dict().items()}
+    state.update({f"visual_projection.{k}": v for k, v in fresh.visual_projection.state_dict().items()})
+    assert clip.weights_fingerprint(state, extra={"preprocess": encoder._preprocess_config()}) == encoder.fingerprint
+    if quant.available():
+        layers = encoder.vision.vision_model.encoder
+        assert not [m for m in layers.modules() if type(m) is torch.nn.Linear]
+        assert sum(isinstance(m, quant.HalfLinear) for m in layers.modules()) == 6 * len(layers.layers)
+    images = [scene(seed) for seed in range(3)]
+    with torch.inference_mode():
+        pixels = encoder.processor(images=images, return_tensors="pt")["pixel_values"]
+        out = fresh.vision_model(pixel_values=pixels)
+        pooled = torch.nn.functional.normalize(fresh.visual_projection(out.pooler_output), dim=-1)
+    got = encoder.encode(images)
+    want = out.last_hidden_state[:, 1:]
+    assert (got.patches - want).norm() / want.norm() < 1e-3
+    assert torch.nn.functional.cosine_similarity(got.pooled, pooled).min() > 0.9999
+    assert not torch.allclose(got.pooled[0], got.pooled[1], atol=1e-3)  # (the images differ)
+
+
+def test_text_tower_is_loaded_only_for_zero_shot(encoder):
+    fresh = TransformersClipBackend.random_init(registry.get(NAME))
+    assert fresh._text is None
+    fresh.encode([scene()])
+    assert fresh._text is None
+    assert [label for label, _ in fresh.zero_shot(scene(), ["x", "y"])] in (["x", "y"], ["y", "x"])
+    assert fresh._text is not None
+
+
 @pytest.mark.slow
 def test_fingerprint_is_identical_in_another_process(encoder):
     code = ("from mmchat import registry; from mmchat.encoders.clip import TransformersClipBackend as B; "
@@ -104,10 +141,9 @@ def test_batches_equal_single_images(encoder):
     single = [encoder.encode([im]) for im in images]
     torch.testing.assert_close(batched.pooled, torch.cat([s.pooled for s in single]), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(batched.patches, torch.cat([s.patches for s in single]), atol=1e-4, rtol=1e-4)
-    small = TransformersClipBackend(encoder.model, encoder.processor, encoder.tokenizer, name=NAME,
-                                    trained=False, batch_size=2)
+    small = copy.copy(encoder)
+    small.batch_size = 2
     torch.testing.assert_close(small.encode(images).pooled, batched.pooled, atol=1e-4, rtol=1e-4)
-    assert small.fingerprint == encoder.fingerprint
     assert not torch.allclose(batched.pooled[0], batched.pooled[1])  # different images differ
 
 
