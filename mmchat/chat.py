@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -61,7 +61,7 @@ class ChatSession:
     learns from ratings. A temporary chat reads the profile but proposes no memories."""
 
     def __init__(self, engine: Engine, store: ConversationStore | None, conversation_id: int | None = None, *,
-                 media: MediaEncoder | None = None, system_prompt: str = SYSTEM_PROMPT, generation=None,
+                 media: MediaEncoder | Callable[[], MediaEncoder] | None = None, system_prompt: str = SYSTEM_PROMPT, generation=None,
                  memory: MemoryService | None = None, temporary: bool | None = None) -> None:
         self.engine = engine
         self.temporary = store is None if temporary is None else temporary
@@ -78,9 +78,12 @@ class ChatSession:
 
     @property
     def media(self) -> MediaEncoder:
-        """Fusion where a checkpoint matches the loaded models, words otherwise (decided on first use)."""
+        """Fusion where a checkpoint matches the loaded models, words otherwise, decided on first use:
+        ``media`` may be a factory, so a text-only chat never loads the image encoder."""
         if self._media is None:
             self._media = media_encoder(self.engine)
+        elif not isinstance(self._media, MediaEncoder):
+            self._media = self._media()
         return self._media
 
     def history(self) -> list[Message]:

@@ -73,6 +73,24 @@ def test_drop_a_file_on_the_window_then_send_it(qtbot, make_window, red_png):
     assert Image.open(io.BytesIO(stored.attachments[0].data)).size == (120, 80)
 
 
+def test_the_media_encoder_is_built_only_when_a_turn_has_media(qtbot, make_window, red_png, monkeypatch):
+    """A text-only chat never waits for the image encoder (it took 2.5 s of the first reply)."""
+    import mmchat.media
+
+    built = []
+    real = mmchat.media.media_encoder
+    monkeypatch.setattr(mmchat.media, "media_encoder", lambda *a, **k: built.append(k) or real(*a, **k))
+    window = make_window(DemoEngine(DemoLLM("Fine.")))
+    type_and_send(qtbot, window, "Hello there")
+    assert wait_reply(qtbot, window).text == "Fine."
+    assert built == []
+    assert drop(window, file_mime(red_png))
+    qtbot.waitUntil(lambda: len(window.composer.images) == 1, timeout=WAIT_MS)
+    type_and_send(qtbot, window, "And this?")
+    assert wait_reply(qtbot, window).text == "Fine."
+    assert built == [{"image": True, "audio": True}]  # once, with the settings' fusion switches
+
+
 def test_drop_image_data_on_the_composer(qtbot, make_window):
     window = make_window()
     assert drop(window.composer, image_mime(64, 48))

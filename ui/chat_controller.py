@@ -8,6 +8,7 @@ its :class:`mmchat.chat.ChatSession` once one was needed. Sessions are built in 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import time
@@ -190,7 +191,9 @@ def _session_for(ref: ChatRef, *, engine, store, settings, memory):
         chat_store = ref.session.store if (ref.temporary and ref.session is not None) else (
             None if ref.temporary else store)
         conversation_id = ref.session.conversation_id if ref.session is not None else ref.conversation_id
-        media = media_encoder(engine, image=settings.fusion_image, audio=settings.fusion_audio)
+        image, audio = settings.fusion_image, settings.fusion_audio
+        # Built on the first turn with media: a text-only chat never waits for the image encoder.
+        media = functools.partial(media_encoder, engine, image=image, audio=audio)
         ref.session = ChatSession(engine, chat_store, conversation_id, media=media, temporary=ref.temporary)
         ref.signature = signature
     ref.session.generation = settings.generation_config()
