@@ -2,7 +2,9 @@
 bare ``transformers`` ``generate``, time to first token with a full context, and cost growth.
 
 The bandwidth bound: decoding one token reads every weight once, so tokens/s can be at most
-copy bandwidth ÷ weight bytes. Copy bandwidth is measured here with numpy (``np.copyto`` of a
+copy bandwidth ÷ weight bytes. The bytes counted are those a token reads: every layer, the output
+projection, and not the input embedding table (a token reads one row of it); the total is in
+the detail as ``all_weights_MB``. Copy bandwidth is measured here with numpy (``np.copyto`` of a
 buffer far larger than the caches), counting bytes read + bytes written, as STREAM's "copy" does.
 """
 
@@ -48,11 +50,12 @@ def decode_vs_bandwidth(llm, size: Size) -> list[Result]:
         llm.generate(messages, config=_greedy(n))
         rates.append(llm.last_stats.generated_tokens / llm.last_stats.decode_seconds)
     bandwidth = copy_bandwidth(repeats=size.repeats)
-    weights = quant.weight_bytes(llm.model)
+    weights = quant.weight_bytes(llm.model, per_token=True)
     bound = bandwidth / weights
     rate = statistics.median(rates)
     detail = {"tokens_per_s": round(rate, 3), "bound_tokens_per_s": round(bound, 3),
               "copy_bandwidth_GBps": round(bandwidth / 1e9, 2), "weight_MB": round(weights / 1e6, 1),
+              "all_weights_MB": round(quant.weight_bytes(llm.model) / 1e6, 1),
               "dtype": str(llm.dtype), "precision": getattr(llm.model, "precision", "float"), "tokens": n, "repeats": rates}
     return [Result("LLM decode speed", rate, "tokens/s", detail={**detail}),
             Result("LLM decode / bandwidth bound", 100 * rate / bound, "%", target=60, higher_is_better=True,
