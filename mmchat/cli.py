@@ -124,6 +124,9 @@ def _parser() -> argparse.ArgumentParser:
                             "caption first (slots_mlp, slots_attn); default mlp2x_gelu")
     train.add_argument("--audio-projector", choices=PROJECTOR_NAMES,
                        help="per-frame-stack tokens, or whole-clip tokens that learn to spell the transcript first")
+    train.add_argument("--train", choices=("all", "weights"),
+                       help="what the answer-loss steps train: the projectors and the per-modality weights "
+                            "(all, default), or only the weights (the aligned projectors stay as they are)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--images", type=int, default=2000, help="generated training images")
     train.add_argument("--speech", type=int, default=600, help="generated training clips")
@@ -427,7 +430,7 @@ def _cmd_train_fusion(args) -> int:
         heldout_dir = None
     out = args.out or checkpoint_dirs(engine.model_name("llm"))[0]
     given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "align_steps": args.align_steps,
-             "image_projector": args.image_projector, "audio_projector": args.audio_projector}
+             "image_projector": args.image_projector, "audio_projector": args.audio_projector, "train": args.train}
     config = TrainConfig(seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     report = train_fusion(engine, train_dir=train_dir, heldout_dir=heldout_dir, out=out, config=config,
                           system_prompt=SYSTEM_PROMPT, resume=not args.no_resume, eval_limit=args.eval_limit)

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 STATE_DIR = "train-state"
 IGNORE = -100  # label for positions that are not part of an answer
 
+TRAINABLE = ("all", "weights")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -65,6 +67,7 @@ class TrainConfig:
     align_steps: int = 600  # vocabulary alignment before the answer loss (0: none)
     align_batch_size: int = 64
     align_lr: float = 3e-3
+    train: str = "all"  # what the answer loss trains: "all" (projectors and weights) or "weights" (wᵢ only)
 
 
 @dataclass(frozen=True)
@@ -385,7 +388,11 @@ class Trainer:
         self.by_modality = {m: [e for e in examples if e.modality == m] for m in fusion_mod.MODALITIES}
         self.batcher = _Batcher(llm, system_prompt)
         llm.model.requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(fusion.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        if config.train not in TRAINABLE:
+            raise ValueError(f"unknown train={config.train!r}; choose one of {', '.join(TRAINABLE)}")
+        self.params = [fusion.alpha] if config.train == "weights" else list(fusion.parameters())
+        decay = 0.0 if config.train == "weights" else config.weight_decay  # α = 0 is no prior to pull to
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=decay)
         self.step = 0
         self.losses: list[float] = []
 
@@ -415,7 +422,7 @@ class Trainer:
         loss = answer_loss(self.llm, self.batcher, tokens, mask, examples)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.fusion.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.optimizer.step()
         self.step += 1
         value = loss.item()
@@ -423,6 +430,9 @@ class Trainer:
         return value
 
     def train(self, *, state_dir: Path | None = None, progress: Callable[[int, int], None] | None = None) -> None:
+        trained = {id(p) for p in self.params}
+        for p in self.fusion.parameters():  # frozen projectors need no gradients (the alignment stays)
+            p.requires_grad_(id(p) in trained)
         with tqdm(total=self.config.steps, initial=self.step, desc="training fusion", unit="step",
                   file=sys.stderr, disable=None) as bar:
             while self.step < self.config.steps:

@@ -37,13 +37,14 @@ def synthetic(n_images=24, n_clips=9):
     return features, examples
 
 
-def make_trainer(llm, steps, seed=0):
+def make_trainer(llm, steps, seed=0, **options):
     features, examples = synthetic()
     torch.manual_seed(seed)
     with torch.no_grad():  # start at the LLM's own embedding scale, as train_fusion does
         rms = float(llm.model.get_input_embeddings().weight.float().pow(2).mean().sqrt())
     fusion = Fusion(FusionConfig(llm=llm.name, hidden_size=llm.hidden_size, embed_rms=rms))
-    config = TrainConfig(steps=steps, batch_size=6, lr=1e-2, warmup_steps=2, seed=seed, audio_every=3)
+    config = TrainConfig(**{"steps": steps, "batch_size": 6, "lr": 1e-2, "warmup_steps": 2, "seed": seed,
+                            "audio_every": 3, **options})
     return Trainer(llm, fusion, features, examples, config=config, system_prompt=SYSTEM_PROMPT), features, examples
 
 
@@ -83,6 +84,18 @@ def test_resume_continues_exactly(llm, tmp_path):
     resumed.train()
     for (name, a), b in zip(straight.fusion.state_dict().items(), resumed.fusion.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_weights_only_training_moves_the_weights_and_nothing_else(llm):
+    """``--train weights``: the answer loss learns wᵢ = softmax(α) and leaves the projectors alone."""
+    trainer, _, _ = make_trainer(llm, steps=6, train="weights", lr=0.2)
+    before = {k: v.clone() for k, v in trainer.fusion.state_dict().items()}
+    trainer.train()
+    after = trainer.fusion.state_dict()
+    assert [k for k in before if not torch.equal(before[k], after[k])] == ["alpha"]
+    assert abs(trainer.fusion.weights()["image"] - 0.5) > 0.01
+    with pytest.raises(ValueError, match="all, weights"):
+        make_trainer(llm, steps=1, train="bias")
 
 
 def test_examples_from_samples():
