@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -103,6 +104,7 @@ class LLM:
         self._lock = threading.Lock()
         self._cache = None  # the previous call's DynamicCache ...
         self._cache_keys: list = []  # ... and the keys of the positions it holds
+        self._step = _DecodeStep.for_model(model)
 
     @classmethod
     def load(cls, name: str | None = None, *, precision: str | None = None,
@@ -333,8 +335,58 @@ class LLM:
 
     @torch.inference_mode()
     def _forward_token(self, cache, token: int) -> torch.Tensor:
+        if self._step is not None:
+            return self._step(cache, token)
         out = self.model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True)
         return out.logits[0, -1].float()
+
+
+class _DecodeStep:
+    """One decoded token through a Llama-style decoder (Qwen2, Llama: SmolLM2), calling the model's
+    own modules and functions in transformers' order (the logits are bit-identical; a test checks)
+    without its per-call machinery: mask construction, keyword plumbing and output objects cost
+    3 ms of a 55 ms token on 2 cores. Prefill, where that machinery is amortised, stays with
+    transformers. Models it does not know (or with sliding-window attention) get ``None`` from
+    :meth:`for_model` and decode through transformers."""
+
+    ARCHITECTURES = ("qwen2", "llama")
+
+    def __init__(self, model) -> None:
+        decoder = model.get_decoder()
+        self.embed, self.rotary, self.norm, self.head = (decoder.embed_tokens, decoder.rotary_emb, decoder.norm,
+                                                         model.get_output_embeddings())
+        self.rope = sys.modules[type(decoder.layers[0]).__module__].apply_rotary_pos_emb
+        self.layers = [(layer.input_layernorm, layer.self_attn, layer.post_attention_layernorm, layer.mlp)
+                       for layer in decoder.layers]
+
+    @classmethod
+    def for_model(cls, model) -> _DecodeStep | None:
+        config = model.config
+        if (config.model_type not in cls.ARCHITECTURES or getattr(config, "use_sliding_window", False)
+                or getattr(config, "_attn_implementation", None) != "sdpa"):
+            return None
+        try:
+            return cls(model)
+        except AttributeError as exc:  # a layout this code does not know
+            log.info("decoding %s through transformers (%s)", config.model_type, exc)
+            return None
+
+    def __call__(self, cache, token: int) -> torch.Tensor:
+        x = self.embed(torch.tensor([[token]]))
+        cos, sin = self.rotary(x, torch.tensor([[cache.get_seq_length()]]))
+        for index, (norm_in, attn, norm_post, mlp) in enumerate(self.layers):
+            h = norm_in(x)
+            q = attn.q_proj(h).view(1, 1, -1, attn.head_dim).transpose(1, 2)
+            k = attn.k_proj(h).view(1, 1, -1, attn.head_dim).transpose(1, 2)
+            v = attn.v_proj(h).view(1, 1, -1, attn.head_dim).transpose(1, 2)
+            q, k = self.rope(q, k, cos, sin)
+            k, v = cache.update(k, v, index)
+            o = nn.functional.scaled_dot_product_attention(q, k, v, scale=attn.scaling,
+                                                           enable_gqa=k.shape[1] != q.shape[1])
+            x = x + attn.o_proj(o.transpose(1, 2).reshape(1, 1, -1))
+            h = norm_post(x)
+            x = x + mlp.down_proj(mlp.act_fn(mlp.gate_proj(h)) * mlp.up_proj(h))
+        return self.head(self.norm(x))[0, -1].float()
 
 
 class _Sampler:

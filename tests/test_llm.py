@@ -4,9 +4,11 @@ The default Qwen model is converted once into the user's cache (about a minute) 
 The tamper test converts SmolLM2 into a temporary cache so the user's cache stays intact.
 """
 
+import copy
 import json
 import threading
 import time
+import types
 
 import pytest
 import torch
@@ -51,6 +53,39 @@ def test_default_precision_halves_the_decoder_layers_only(llm):
     assert quant.weight_bytes(llm.model, per_token=True) < 1.0e9  # fp32 weights would be 2.0 GB
     assert quant.weight_bytes(llm.model) - quant.weight_bytes(llm.model, per_token=True) == (
         decoder.embed_tokens.weight.nbytes)
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct"])
+def test_lean_decode_step_gives_transformers_logits_bit_for_bit(name, llm):
+    """Our one-token step (Qwen2 and Llama layouts) against the model's own forward, 12 tokens on."""
+    from transformers import DynamicCache
+
+    model = llm if name == llm.name else LLM.load(name)
+    assert model._step is not None
+    ids = model.encode("The capital of France is")
+    caches = [DynamicCache(config=model.model.config) for _ in range(2)]
+    with torch.inference_mode():
+        for cache in caches:
+            model.model(input_ids=ids[None], past_key_values=cache, use_cache=True)
+        token = int(ids[-1])
+        for _ in range(12):
+            ours = model._step(caches[0], token)
+            theirs = model.model(input_ids=torch.tensor([[token]]), past_key_values=caches[1],
+                                 use_cache=True).logits[0, -1].float()
+            assert torch.equal(ours, theirs)
+            token = int(ours.argmax())
+    assert caches[0].get_seq_length() == caches[1].get_seq_length() == len(ids) + 12
+
+
+def test_lean_decode_step_leaves_unknown_layouts_to_transformers(llm):
+    from mmchat.llm import _DecodeStep
+
+    config = copy.copy(llm.model.config)
+    config.use_sliding_window = True
+    assert _DecodeStep.for_model(types.SimpleNamespace(config=config)) is None
+    config = copy.copy(llm.model.config)
+    config.model_type = "gpt2"
+    assert _DecodeStep.for_model(types.SimpleNamespace(config=config)) is None
 
 
 def test_unknown_precision_is_refused_with_the_choices():
