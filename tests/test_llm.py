@@ -57,11 +57,14 @@ def test_default_precision_halves_the_decoder_layers_only(llm):
 
 @pytest.mark.parametrize("name", ["qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct"])
 def test_lean_decode_step_gives_transformers_logits_bit_for_bit(name, llm):
-    """Our one-token step (Qwen2 and Llama layouts) against the model's own forward, 12 tokens on."""
+    """Our one-token step (Qwen2 and Llama layouts, fused query/key/value projections) against the
+    model's own forward, 12 tokens on."""
     from transformers import DynamicCache
 
     model = llm if name == llm.name else LLM.load(name)
     assert model._step is not None
+    if quant.available():
+        assert all(qkv is not None for qkv in model._step.qkv)
     ids = model.encode("The capital of France is")
     caches = [DynamicCache(config=model.model.config) for _ in range(2)]
     with torch.inference_mode():

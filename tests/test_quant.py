@@ -63,6 +63,14 @@ def test_convert_layers_replaces_nested_linears_and_counts_half_bytes():
     assert quant.convert_layers(model) == 0  # nothing left to replace
 
 
+def test_fused_layers_equal_the_separate_ones():
+    parts = [quant.HalfLinear(nn.Linear(256, n, bias=bias)) for n, bias in ((96, True), (32, False), (32, True))]
+    x = torch.randn(3, 256)
+    fused = quant.fuse(parts)
+    assert fused.out_features == 160 and fused.nbytes == 2 * 256 * 160 + 4 * 160
+    assert torch.equal(fused(x), torch.cat([p(x) for p in parts], -1))
+
+
 def test_float_embedding_reads_rows_of_the_given_table_as_float32():
     table = nn.Embedding(50, 16)
     table.weight.data = table.weight.data.to(torch.bfloat16)
