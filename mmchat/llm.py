@@ -120,9 +120,9 @@ class LLM:
     def from_directory(cls, path: Path, *, name: str | None = None, precision: str | None = None) -> LLM:
         """Load a plain Hugging Face model directory (config, safetensors, tokenizer files).
 
-        ``precision`` "fp16" converts the decoder layers' linear weights to fp16 while loading (see
-        :mod:`mmchat.quant`); embeddings, norms and the (tied) output matrix stay float. ``None``
-        means :func:`default_precision`."""
+        ``precision`` "fp16" converts the decoder layers' linear weights and the output matrix to
+        fp16 while loading (see :mod:`mmchat.quant` and :func:`_to_half_layers`); input embedding
+        rows come out as float32 and the arithmetic is float32. ``None`` means :func:`default_precision`."""
         from safetensors import SafetensorError
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
