@@ -61,8 +61,9 @@ class ChatSession:
     learns from ratings. A temporary chat reads the profile but proposes no memories."""
 
     def __init__(self, engine: Engine, store: ConversationStore | None, conversation_id: int | None = None, *,
-                 media: MediaEncoder | Callable[[], MediaEncoder] | None = None, system_prompt: str = SYSTEM_PROMPT, generation=None,
-                 memory: MemoryService | None = None, temporary: bool | None = None) -> None:
+                 media: MediaEncoder | Callable[[], MediaEncoder] | None = None,
+                 system_prompt: str = SYSTEM_PROMPT, generation=None, memory: MemoryService | None = None,
+                 temporary: bool | None = None) -> None:
         self.engine = engine
         self.temporary = store is None if temporary is None else temporary
         self.store = store if store is not None else ConversationStore(":memory:")

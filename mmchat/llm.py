@@ -492,14 +492,7 @@ def _to_half_layers(model, path: Path) -> None:
     for layer in model.get_decoder().layers:
         quant.convert_layers(layer)
         quant.release_file_pages(path)
-    table = model.get_input_embeddings().weight
-    for param in model.parameters():  # what is left: the norms
-        if param is not table:
-            param.data = param.data.float()
-    for module in model.modules():  # and the rotary buffers
-        for key, buffer in module.named_buffers(recurse=False):
-            if buffer.is_floating_point():
-                module._buffers[key] = buffer.float()
+    quant.float_the_rest(model, keep=model.get_input_embeddings().weight)  # the norms, rotary buffers
     quant.release_file_pages(path)
 
 

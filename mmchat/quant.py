@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["FloatEmbedding", "HalfLinear", "available", "convert_layers", "fuse", "release_file_pages", "weight_bytes"]
+__all__ = ["FloatEmbedding", "HalfLinear", "available", "convert_layers", "float_the_rest", "fuse", "release_file_pages", "weight_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,19 @@ def convert_layers(module: nn.Module) -> int:
                 setattr(parent, name, HalfLinear(child))
                 replaced += 1
     return replaced
+
+
+def float_the_rest(module: nn.Module, *, keep: torch.Tensor | None = None) -> None:
+    """After :func:`convert_layers`: every remaining floating parameter and buffer of ``module``
+    (norms, convolutions, position tables) to float32, in place, except the tensor ``keep`` (a
+    table deliberately kept half-size)."""
+    for param in module.parameters():
+        if param is not keep and param.is_floating_point():
+            param.data = param.data.float()
+    for child in module.modules():
+        for key, buffer in child.named_buffers(recurse=False):
+            if buffer.is_floating_point():
+                child._buffers[key] = buffer.float()
 
 
 def weight_bytes(model: nn.Module, *, per_token: bool = False) -> int:

@@ -146,12 +146,7 @@ class Whisper:
         if quant.available():  # fp16 weights, fp32 arithmetic: 0.40 s instead of 0.48 s for a 5 s clip, same words
             quant.convert_layers(net)  # one layer's float copy at a time
         net.decoder.use_output_dtype(LOGITS_DTYPE)  # the token table stays half-size (lookups come out float)
-        for param in net.parameters():
-            if param is not net.decoder.token_embedding.weight:
-                param.data = param.data.float()
-        for module in net.modules():
-            for key, buffer in module.named_buffers(recurse=False):
-                module._buffers[key] = buffer.float()
+        quant.float_the_rest(net, keep=net.decoder.token_embedding.weight)
         quant.release_file_pages(directory)  # the file's pages and the freed copies
         net.eval().requires_grad_(False)
         config = json.loads(source.config.read_text())
