@@ -32,6 +32,7 @@ __all__ = ["GenerationConfig", "GenerationStats", "LLM", "MEDIA_PLACEHOLDER"]
 log = logging.getLogger(__name__)
 
 MAX_CONTEXT_TOKENS = 8192  # cap on the prompt + reply window, for speed on CPU
+GROUPED_ATTENTION_FROM = 1024  # cached positions from which a decoded token's attention is two matmuls
 PREFILL_CHUNK_TOKENS = 512  # prompt positions per forward pass (bounds attention memory)
 FIT_ATTEMPTS = 3  # re-fits when the rendered template costs more than estimated
 # End-of-turn markers of common chat templates; used only when they are special tokens.
@@ -39,6 +40,12 @@ END_OF_TURN_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "<
 PREFERRED_DTYPE = torch.bfloat16  # halves RAM; used where the CPU has native bf16 (see _pick_dtype)
 PRECISIONS = ("fp16", "float")  # decoder linear layers: fp16 weights (see mmchat.quant), or all float
 PRECISION_ENV = "MMCHAT_LLM_PRECISION"  # overrides the default precision (fp16 where torch has the kernels)
+
+# transformers' sdpa attention repeats the key/value heads to the query heads' count (2 -> 14 for
+# Qwen 0.5B) whenever a mask is present, i.e. for every prefill on top of a cached prefix, unless
+# told to let sdpa group the heads itself: a 15-token turn over 7k cached positions then prefills in
+# 0.23 s instead of 0.71 s. Set before any forward pass; read by transformers at each call.
+os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
 
 
 @dataclass(frozen=True)
@@ -287,7 +294,7 @@ class LLM:
     @torch.inference_mode()
     def _take_cache(self, keys: list):
         """Take the previous cache, cropped to the longest common prefix with ``keys`` (at most len-1)."""
-        from transformers import DynamicCache
+        from mmchat.kvcache import new_cache
 
         with self._lock:
             cache, cached_keys = self._cache, self._cache_keys
@@ -301,7 +308,7 @@ class LLM:
                 cache, common = None, 0
             elif common < len(cached_keys):
                 cache.crop(common - len(cached_keys))
-        return (cache if cache is not None else DynamicCache(config=self.model.config)), common
+        return (cache if cache is not None else new_cache(self.model.config)), common
 
     def _put_cache(self, cache, keys: list) -> None:
         with self._lock:
@@ -388,12 +395,26 @@ class _DecodeStep:
             q, k, v = (t.reshape(1, 1, -1, attn.head_dim).transpose(1, 2) for t in (q, k, v))
             q, k = self.rope(q, k, cos, sin)
             k, v = cache.update(k, v, index)
-            o = nn.functional.scaled_dot_product_attention(q, k, v, scale=attn.scaling,
-                                                           enable_gqa=k.shape[1] != q.shape[1])
+            if k.shape[-2] >= GROUPED_ATTENTION_FROM and q.shape[1] % k.shape[1] == 0:
+                o = _grouped_attention(q, k, v, scale=attn.scaling)
+            else:
+                o = nn.functional.scaled_dot_product_attention(q, k, v, scale=attn.scaling,
+                                                               enable_gqa=k.shape[1] != q.shape[1])
             x = x + attn.o_proj(o.transpose(1, 2).reshape(1, 1, -1))
             h = norm_post(x)
             x = x + mlp.down_proj(mlp.act_fn(mlp.gate_proj(h)) * mlp.up_proj(h))
         return self.head(self.norm(x))[0, -1].float()
+
+
+def _grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float) -> torch.Tensor:
+    """One query position's attention with grouped key/value heads as two batched matmuls and a
+    softmax: each key/value head serves its group of query heads as one matrix. For one query over
+    7k cached positions this takes 0.48 ms per layer where sdpa takes 0.87 ms (2 cores); results
+    agree to ~2e-7, not bit for bit, so it is used only from GROUPED_ATTENTION_FROM positions on."""
+    batch, heads, _, dim = q.shape
+    groups = k.shape[1]
+    scores = torch.matmul((q * scale).reshape(batch, groups, heads // groups, dim), k.transpose(-1, -2))
+    return torch.matmul(torch.softmax(scores, dim=-1), v).reshape(batch, heads, 1, dim)
 
 
 class _Sampler:
