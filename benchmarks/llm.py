@@ -171,29 +171,59 @@ def time_to_first_token(llm, size: Size) -> list[Result]:
 
 
 def cost_growth(llm, size: Size) -> list[Result]:
-    """Time of one reply (16 tokens) as the conversation grows, with the previous turn cached."""
+    """Time of one reply (16 tokens) as the conversation grows, with the previous turn cached; at the
+    largest size also the same reply with nothing cached (the whole context re-encoded), and the
+    decode floor from bytes read per token (weights plus the cached keys and values)."""
     targets = (256, 512) if size.quick else (512, 1024, 2048, 4096, 7168)
-    per_size, actual = {}, {}
+    repeats = max(1, size.repeats // 2)
+    per_size, actual, prefill, per_token, kv_bytes = {}, {}, {}, {}, {}
     for target in targets:
-        turns = 1
-        while _prompt_tokens(llm, _context(turns, profile=True)) < target:
-            turns += 1
-            if turns > target:  # every turn adds tokens: more turns than tokens means a broken count
-                raise RuntimeError(f"could not build a {target}-token context")
-        history = _context(turns, profile=True)
-        restore = _warm_state(llm, history)
-        turn = [*history, {"role": "user", "content": "And one more fact, please."}]
+        turn, restore = _growth_turn(llm, target)
         actual[target] = _prompt_tokens(llm, turn)
+        stats = []
 
         def reply():
             restore()
             llm.generate(turn, config=_greedy(16))
+            stats.append(llm.last_stats)
 
-        seconds, _ = median_seconds(reply, repeats=max(1, size.repeats // 2), warmup=0)
+        seconds, _ = median_seconds(reply, repeats=repeats, warmup=0)
         per_size[target] = round(seconds, 3)
-    first, last = per_size[targets[0]], per_size[targets[-1]]
-    return [Result(f"Reply time at {targets[-1]} vs {targets[0]} context tokens", last / first, "×",
-                   detail={"seconds_by_context_tokens": per_size, "prompt_tokens": actual, "reply_tokens": 16})]
+        prefill[target] = round(statistics.median(s.prefill_seconds for s in stats), 3)
+        per_token[target] = round(1e3 * statistics.median(s.decode_seconds / max(s.generated_tokens - 1, 1)
+                                                          for s in stats), 1)
+        with llm._lock:
+            kv_bytes[target] = sum(t.nbytes for layer in llm._cache.layers for t in (layer.keys, layer.values))
+    first, last = targets[0], targets[-1]
+
+    def cold():
+        llm.reset_cache()
+        llm.generate(turn, config=_greedy(16))
+
+    cold_s, _ = median_seconds(cold, repeats=repeats, warmup=0)
+    weights = quant.weight_bytes(llm.model, per_token=True)
+    detail = {"seconds_by_context_tokens": per_size, "prompt_tokens": actual, "reply_tokens": 16,
+              "prefill_s_by_context_tokens": prefill, "decode_ms_per_token_by_context_tokens": per_token,
+              "kv_cache_MB_by_context_tokens": {t: round(b / 1e6, 1) for t, b in kv_bytes.items()},
+              "decode_floor_ratio": round((weights + kv_bytes[last]) / (weights + kv_bytes[first]), 3)}
+    return [Result(f"Reply time at {last} vs {first} context tokens", per_size[last] / per_size[first], "×",
+                   detail=detail),
+            Result(f"Reply at {last} context tokens: cached prefix vs none", per_size[last] / cold_s, "×",
+                   detail={"cached_s": per_size[last], "nothing_cached_s": round(cold_s, 3),
+                           "prompt_tokens": actual[last]})]
+
+
+def _growth_turn(llm, target: int):
+    """A new user turn after earlier turns of at least ``target`` tokens, and the restore function
+    of the cache a running chat holds before it."""
+    turns = 1
+    while _prompt_tokens(llm, _context(turns, profile=True)) < target:
+        turns += 1
+        if turns > target:  # every turn adds tokens: more turns than tokens means a broken count
+            raise RuntimeError(f"could not build a {target}-token context")
+    history = _context(turns, profile=True)
+    restore = _warm_state(llm, history)
+    return [*history, {"role": "user", "content": "And one more fact, please."}], restore
 
 
 def run(size: Size, *, engine=None) -> list[Result]:

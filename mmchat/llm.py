@@ -402,7 +402,8 @@ class _DecodeStep:
                                                                enable_gqa=k.shape[1] != q.shape[1])
             x = x + attn.o_proj(o.transpose(1, 2).reshape(1, 1, -1))
             h = norm_post(x)
-            x = x + mlp.down_proj(mlp.act_fn(mlp.gate_proj(h)) * mlp.up_proj(h))
+            x = x + (mlp.forward(h) if isinstance(mlp, _GateUpMLP)
+                     else mlp.down_proj(mlp.act_fn(mlp.gate_proj(h)) * mlp.up_proj(h)))
         return self.head(self.norm(x))[0, -1].float()
 
 
@@ -495,6 +496,34 @@ def _stop_ids(model, tokenizer) -> frozenset[int]:
     return frozenset(ids)
 
 
+class _GateUpMLP(nn.Module):
+    """A gated MLP (Qwen2, Llama) whose gate and up projections are one fp16 matrix: one kernel
+    call per layer instead of two (each call costs ~50 us on top of reading its weights), and no
+    extra memory, since the two halves are not kept. The same numbers as the two projections (a
+    test checks): each output column is its own dot product either way."""
+
+    def __init__(self, mlp: nn.Module) -> None:
+        super().__init__()
+        gate, up = mlp.gate_proj, mlp.up_proj
+        both = nn.Linear(gate.in_features, gate.out_features + up.out_features, bias=gate.bias is not None,
+                         device="meta")
+        both.weight = nn.Parameter(torch.cat([gate.weight, up.weight]).detach(), requires_grad=False)
+        if gate.bias is not None:
+            both.bias = nn.Parameter(torch.cat([gate.bias, up.bias]).detach(), requires_grad=False)
+        self.gate_up = quant.HalfLinear(both)
+        self.down_proj, self.act_fn, self.split = mlp.down_proj, mlp.act_fn, gate.out_features
+
+    @staticmethod
+    def fits(mlp: nn.Module) -> bool:
+        parts = [getattr(mlp, name, None) for name in ("gate_proj", "up_proj", "down_proj")]
+        return (hasattr(mlp, "act_fn") and all(type(p) is nn.Linear for p in parts)
+                and parts[0].in_features == parts[1].in_features and (parts[0].bias is None) == (parts[1].bias is None))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).split(self.split, -1)
+        return self.down_proj(self.act_fn(gate) * up)
+
+
 def _to_half_layers(model, path: Path) -> None:
     """fp16 linear weights, layer by layer, giving back the memory-mapped file's pages as it goes,
     so the load peaks near the final size instead of holding the whole bf16 file plus copies.
@@ -511,6 +540,8 @@ def _to_half_layers(model, path: Path) -> None:
     del head
     quant.release_file_pages(path)
     for layer in model.get_decoder().layers:
+        if _GateUpMLP.fits(layer.mlp):
+            layer.mlp = _GateUpMLP(layer.mlp)
         quant.convert_layers(layer)
         quant.release_file_pages(path)
     quant.float_the_rest(model, keep=model.get_input_embeddings().weight)  # the norms, rotary buffers

@@ -47,6 +47,9 @@ def test_llm_media_and_voice_benchmarks_run(engine):
     assert by_name["TTFT: profile+memories+10 turns+image vs text-only"].detail["context_tokens"] > 150
     (growth,) = [r for r in results if r.name.startswith("Reply time at")]
     assert all(tokens >= target for target, tokens in growth.detail["prompt_tokens"].items())
+    assert growth.detail["decode_floor_ratio"] > 1
+    (reuse,) = [r for r in results if r.name.endswith("cached prefix vs none")]
+    assert reuse.detail["nothing_cached_s"] > 0
     assert by_name["Transcribe 5 s clip (ours)"].detail["ours_text"]
 
 

@@ -40,7 +40,8 @@ def test_default_precision_halves_the_decoder_layers_only(llm):
     decoder = llm.model.get_decoder()
     assert llm.model.precision == "fp16"
     assert not [m for m in decoder.modules() if type(m) is torch.nn.Linear]
-    assert sum(isinstance(m, quant.HalfLinear) for m in decoder.modules()) == 7 * len(decoder.layers)
+    # q, k, v, o; the MLP's gate and up as one matrix, and down (the fused q/k/v copy is the decode step's)
+    assert sum(isinstance(m, quant.HalfLinear) for m in decoder.modules()) == 6 * len(decoder.layers)
     # The vocabulary matrix: an fp16 output projection, and input rows read from the saved bf16
     # table, coming out as float32 and equal to the output matrix's rows.
     assert isinstance(llm.model.lm_head, quant.HalfLinear)
@@ -161,6 +162,34 @@ def test_prefill_on_a_cached_prefix_lets_sdpa_group_the_heads(llm, monkeypatch):
     llm.generate([*FRANCE, {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And Spain?"}],
                  config=GenerationConfig(temperature=0, max_new_tokens=2))
     assert llm.last_stats.reused_tokens > 10
+
+
+@pytest.mark.skipif(not quant.available(), reason="torch has no fp16 linear kernels here")
+@pytest.mark.parametrize("bias", [False, True])
+def test_gate_up_mlp_gives_the_two_projections_bit_for_bit(bias):
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    from mmchat.llm import _GateUpMLP
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=96, intermediate_size=320, mlp_bias=bias)
+    mlp = LlamaMLP(config)
+    assert _GateUpMLP.fits(mlp)
+    fused = _GateUpMLP(copy.deepcopy(mlp))
+    quant.convert_layers(mlp)
+    quant.convert_layers(fused)
+    assert isinstance(fused.down_proj, quant.HalfLinear) and fused.gate_up.out_features == 640
+    for rows in (1, 7):
+        x = torch.randn(1, rows, 96)
+        assert torch.equal(fused(x), mlp(x))
+
+
+def test_loaded_llm_uses_one_gate_up_call_per_layer(llm):
+    from mmchat.llm import _GateUpMLP
+
+    expected = quant.available() and llm.model.precision == "fp16"
+    assert all(isinstance(layer.mlp, _GateUpMLP) == expected for layer in llm.model.get_decoder().layers)
 
 
 def test_lean_decode_step_leaves_unknown_layouts_to_transformers(llm):
