@@ -367,6 +367,29 @@ def test_markdown_view_handles_odd_text(qtbot, text):
     assert rendered.strip() or not text.strip()
 
 
+def test_messages_show_plain_text_while_the_markdown_warm_up_runs(qtbot, monkeypatch):
+    """The GUI thread must not import markdown-it while the warm-up worker is importing it (it
+    would wait on the import lock: a 200 ms stall when the first message came early)."""
+    from mmchat_ui import rich_text
+
+    monkeypatch.setattr(markdown, "warming_up", lambda: True)
+    monkeypatch.setattr(markdown, "render", lambda *a, **k: pytest.fail("rendered during the warm-up"))
+    view = rich_text.MarkdownView("Some **bold** <b>text</b>\nand a second line")
+    qtbot.addWidget(view)
+    (shown,) = view.widgets()
+    assert shown.toPlainText() == "Some **bold** <b>text</b>\nand a second line"
+    monkeypatch.undo()
+    rich_text.render_deferred()
+    (shown,) = view.widgets()
+    assert shown.toPlainText() == "Some bold <b>text</b>\nand a second line"
+    assert view.text == "Some **bold** <b>text</b>\nand a second line"
+
+
+def test_warm_up_reports_its_state():
+    markdown.warm_up()
+    assert not markdown.warming_up()
+
+
 def test_markdown_render_is_incremental_while_streaming(qtbot):
     from mmchat_ui.rich_text import MarkdownView
 

@@ -20,7 +20,7 @@ from mmchat import settings as settings_mod
 from mmchat.errors import MMChatError
 from mmchat.settings import Settings
 from mmchat.store import ConversationStore
-from mmchat_ui import icons, markdown, theme
+from mmchat_ui import icons, markdown, rich_text, theme
 from mmchat_ui.chat_controller import ChatController, Job
 from mmchat_ui.chat_view import AssistantMessage, ChatView, PromptEdit
 from mmchat_ui.composer import Composer, Draft
@@ -264,10 +264,12 @@ class MainWindow(QMainWindow):
 
     def start_background_work(self) -> None:
         """After the window shows: load the models and find out about microphone and speakers."""
+        # The warm-up first: the first message renders as plain text until it is done.
+        self.runner.start(Task("warm-up", lambda emit, stop: markdown.warm_up()), succeeded=self._warm_up_widgets,
+                          finished=rich_text.render_deferred)
         if self.services.load_models:
             self.load_models()
         self.probe_audio()
-        self.runner.start(Task("warm-up", lambda emit, stop: markdown.warm_up()), succeeded=self._warm_up_widgets)
 
     def _warm_up_widgets(self, _result=None) -> None:
         """Build a message pair off screen once, so Qt's text engine and the message widgets are

@@ -8,6 +8,7 @@ that changed so the text does not flicker.
 from __future__ import annotations
 
 import math
+import weakref
 
 from PySide6.QtCore import QSize, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QDesktopServices, QFont, QFontDatabase, QGuiApplication, QTextOption
@@ -17,6 +18,9 @@ from PySide6.QtWidgets import (QFrame, QHBoxLayout, QLabel, QSizePolicy, QTextBr
 from mmchat_ui import icons, markdown, theme
 
 COPIED_FEEDBACK_MS = 1500
+
+
+_PLAIN_VIEWS: weakref.WeakSet[MarkdownView] = weakref.WeakSet()  # shown as plain text during the warm-up
 
 
 def mono_font() -> QFont:
@@ -145,6 +149,14 @@ class CodeBlock(QFrame):
         self._reset_button()
 
 
+def render_deferred() -> None:
+    """Render the views that showed plain text while the Markdown warm-up ran (GUI thread)."""
+    views = list(_PLAIN_VIEWS)
+    _PLAIN_VIEWS.clear()
+    for view in views:
+        view.set_markdown(view.text, force=True)
+
+
 class MarkdownView(QWidget):
     """Rendered Markdown: rich-text runs and code blocks, updated in place as text streams in."""
 
@@ -172,7 +184,11 @@ class MarkdownView(QWidget):
         if text == self._text and not force:
             return
         self._text = text
-        blocks = markdown.render(text, pygments_style=theme.current().pygments_style)
+        if markdown.warming_up():
+            blocks = markdown.plain(text)
+            _PLAIN_VIEWS.add(self)
+        else:
+            blocks = markdown.render(text, pygments_style=theme.current().pygments_style)
         for index, block in enumerate(blocks):
             if index < len(self._widgets) and self._blocks[index].kind == block.kind:
                 if force or self._blocks[index] != block:
