@@ -349,41 +349,29 @@ class LLM:
 
 
 class _DecodeStep:
-    """One decoded token through a Llama-style decoder (Qwen2, Llama: SmolLM2): the same arithmetic
-    as transformers' forward, in the same order (the logits are bit-identical; a test checks on
-    both layouts), without its per-call machinery. On 2 cores each tensor operation costs a few
-    microseconds however small, and a token is ~100 kernel calls plus ~800 small operations, so:
-
-    - no mask construction, keyword plumbing or output objects (3 ms of a 53 ms token);
-    - fp16 layers are called straight through their kernel, and the query, key and value
-      projections run as one call (a packed copy of those three, 50 MB for Qwen 0.5B): 3 ms, since
-      each call costs ~50 us however small its matrix (the MLP's gate and up are one matrix too:
-      :class:`_GateUpMLP`);
-    - the rotary embedding turns the query and key heads in one pass, and float32 RMS norms run as
-      ``torch.nn.functional.rms_norm`` (the same operations as transformers', fewer dispatches).
-
-    Prefill, where that machinery is amortised, stays with transformers. Models it does not know
-    (or with sliding-window attention) get ``None`` from :meth:`for_model` and decode through
-    transformers."""
+    """One decoded token through a Llama-style decoder (Qwen2, Llama: SmolLM2), calling the model's
+    own modules and functions in transformers' order (the logits are bit-identical; a test checks)
+    without its per-call machinery: mask construction, keyword plumbing and output objects cost
+    3 ms of a 53 ms token on 2 cores. With fp16 layers the query, key and value projections also run
+    as one fused kernel call (a packed copy of those three, 50 MB for Qwen 0.5B): another 3 ms,
+    since each call costs ~50 us however small its matrix. Prefill, where that machinery is
+    amortised, stays with transformers. Models it does not know (or with sliding-window attention)
+    get ``None`` from :meth:`for_model` and decode through transformers."""
 
     ARCHITECTURES = ("qwen2", "llama")
 
     def __init__(self, model) -> None:
         decoder = model.get_decoder()
-        module = sys.modules[type(decoder.layers[0]).__module__]
-        self.embed, self.rotary, self.rotate_half = decoder.embed_tokens, decoder.rotary_emb, module.rotate_half
-        self.norm, self.head = _norm_function(decoder.norm), _linear_function(model.get_output_embeddings())
-        self.qkv = []  # per layer: the fused projection, or None (float layers)
-        self.layers = []  # per layer: (input norm, q/k/v, query heads, key heads, head size, scale, o, norm, mlp)
+        self.embed, self.rotary, self.norm, self.head = (decoder.embed_tokens, decoder.rotary_emb, decoder.norm,
+                                                         model.get_output_embeddings())
+        self.rope = sys.modules[type(decoder.layers[0]).__module__].apply_rotary_pos_emb
+        self.layers = [(layer.input_layernorm, layer.self_attn, layer.post_attention_layernorm, layer.mlp)
+                       for layer in decoder.layers]
+        self.qkv = []  # per layer: (fused projection, output sizes), or None
         for layer in decoder.layers:
-            attn, parts = layer.self_attn, [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]
-            fused = quant.fuse(parts) if all(isinstance(p, quant.HalfLinear) for p in parts) else None
-            self.qkv.append(fused)
-            qkv = _linear_function(fused) if fused is not None else _concatenated(parts)
-            self.layers.append((_norm_function(layer.input_layernorm), qkv, parts[0].out_features // attn.head_dim,
-                                parts[1].out_features // attn.head_dim, attn.head_dim, attn.scaling,
-                                _linear_function(attn.o_proj), _norm_function(layer.post_attention_layernorm),
-                                _mlp_function(layer.mlp)))
+            parts = [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]
+            fused = all(isinstance(p, quant.HalfLinear) for p in parts)
+            self.qkv.append((quant.fuse(parts), [p.out_features for p in parts]) if fused else None)
 
     @classmethod
     def for_model(cls, model) -> _DecodeStep | None:
@@ -400,55 +388,23 @@ class _DecodeStep:
     def __call__(self, cache, token: int) -> torch.Tensor:
         x = self.embed(torch.tensor([[token]]))
         cos, sin = self.rotary(x, torch.tensor([[cache.get_seq_length()]]))
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        for index, (norm_in, qkv, n_q, n_kv, head_dim, scale, o_proj, norm_post, mlp) in enumerate(self.layers):
-            heads = qkv(norm_in(x)).view(1, 1, -1, head_dim).transpose(1, 2)  # (1, q + k + v heads, 1, dim)
-            qk, v = heads[:, :n_q + n_kv], heads[:, n_q + n_kv:]
-            qk = (qk * cos) + (self.rotate_half(qk) * sin)  # transformers' apply_rotary_pos_emb, q and k at once
-            q = qk[:, :n_q]
-            k, v = cache.update(qk[:, n_q:], v, index)
-            if k.shape[-2] >= GROUPED_ATTENTION_FROM and n_q % n_kv == 0:
-                o = _grouped_attention(q, k, v, scale=scale)
+        for index, ((norm_in, attn, norm_post, mlp), qkv) in enumerate(zip(self.layers, self.qkv)):
+            h = norm_in(x)
+            q, k, v = (qkv[0](h).split(qkv[1], -1) if qkv is not None
+                       else (attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)))
+            q, k, v = (t.reshape(1, 1, -1, attn.head_dim).transpose(1, 2) for t in (q, k, v))
+            q, k = self.rope(q, k, cos, sin)
+            k, v = cache.update(k, v, index)
+            if k.shape[-2] >= GROUPED_ATTENTION_FROM and q.shape[1] % k.shape[1] == 0:
+                o = _grouped_attention(q, k, v, scale=attn.scaling)
             else:
-                o = nn.functional.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=n_q != n_kv)
-            x = x + o_proj(o.transpose(1, 2).reshape(1, 1, -1))
-            x = x + mlp(norm_post(x))
+                o = nn.functional.scaled_dot_product_attention(q, k, v, scale=attn.scaling,
+                                                               enable_gqa=k.shape[1] != q.shape[1])
+            x = x + attn.o_proj(o.transpose(1, 2).reshape(1, 1, -1))
+            h = norm_post(x)
+            x = x + (mlp.forward(h) if isinstance(mlp, _GateUpMLP)
+                     else mlp.down_proj(mlp.act_fn(mlp.gate_proj(h)) * mlp.up_proj(h)))
         return self.head(self.norm(x))[0, -1].float()
-
-
-def _linear_function(layer: nn.Module):
-    """``layer`` as a plain function: an fp16 layer straight through its kernel (the input is
-    float32 here), anything else as the module."""
-    if isinstance(layer, quant.HalfLinear):
-        kernel, packed = torch.ops.quantized.linear_dynamic_fp16, layer._packed
-        return lambda x: kernel(x, packed)
-    return layer
-
-
-def _concatenated(layers: list[nn.Module]):
-    return lambda x: torch.cat([layer(x) for layer in layers], -1)
-
-
-def _norm_function(norm: nn.Module):
-    """An RMS norm (transformers' Qwen2/Llama ``RMSNorm``) as ``rms_norm``, which runs the same
-    float32 operations in one dispatch; other dtypes through the module, which casts."""
-    weight, eps = getattr(norm, "weight", None), getattr(norm, "variance_epsilon", None)
-    if weight is None or eps is None or weight.dtype != torch.float32:
-        return norm
-    shape = tuple(weight.shape)
-    return lambda x: nn.functional.rms_norm(x, shape, weight, eps) if x.dtype == torch.float32 else norm(x)
-
-
-def _mlp_function(mlp: nn.Module):
-    if not isinstance(mlp, _GateUpMLP):
-        return mlp
-    gate_up, down, act, split = _linear_function(mlp.gate_up), _linear_function(mlp.down_proj), mlp.act_fn, mlp.split
-
-    def forward(h: torch.Tensor) -> torch.Tensor:
-        gate, up = gate_up(h).split(split, -1)
-        return down(act(gate) * up)
-
-    return forward
 
 
 def _grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float) -> torch.Tensor:
