@@ -61,10 +61,11 @@ def decode_vs_bandwidth(llm, size: Size) -> list[Result]:
               "ratio_by_repeat_percent": [round(100 * r, 1) for r in ratios],
               "copy_bandwidth_GBps": round(bandwidth / 1e9, 2), "weight_MB": round(weights / 1e6, 1),
               "all_weights_MB": round(quant.weight_bytes(llm.model) / 1e6, 1),
-              "dtype": str(llm.dtype), "precision": getattr(llm.model, "precision", "float"), "tokens": n, "repeats": rates}
+              "dtype": str(llm.dtype), "precision": getattr(llm.model, "precision", "float"), "tokens": n,
+              "repeats": rates}
     return [Result("LLM decode speed", rate, "tokens/s", detail={**detail}),
-            Result("LLM decode / bandwidth bound", 100 * statistics.median(ratios), "%", target=60, higher_is_better=True,
-                   detail=detail)]
+            Result("LLM decode / bandwidth bound", 100 * statistics.median(ratios), "%", target=60,
+                   higher_is_better=True, detail=detail)]
 
 
 def ours_vs_generate(llm, size: Size) -> list[Result]:
