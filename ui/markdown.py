@@ -78,8 +78,8 @@ def warm_up() -> None:
 
 def warming_up() -> bool:
     """True while :func:`warm_up` runs. The GUI thread must not render then: it would wait on the
-    import lock until the worker's import is done (~200 ms with PySide's import hook, measured),
-    so it shows :func:`plain` text and renders once the warm-up is over."""
+    import lock for as long as the worker's import takes (41 ms on an idle machine, longer while a
+    model loads or answers), so it shows :func:`plain` text and renders once the warm-up is over."""
     return _WARM_UP_STARTED.is_set() and not _WARM_UP_DONE.is_set()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import weakref
 
+import shiboken6
 from PySide6.QtCore import QSize, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QDesktopServices, QFont, QFontDatabase, QGuiApplication, QTextOption
 from PySide6.QtWidgets import (QFrame, QHBoxLayout, QLabel, QSizePolicy, QTextBrowser, QToolButton,
@@ -154,7 +155,8 @@ def render_deferred() -> None:
     views = list(_PLAIN_VIEWS)
     _PLAIN_VIEWS.clear()
     for view in views:
-        view.set_markdown(view.text, force=True)
+        if shiboken6.isValid(view):  # its widget may have been deleted (e.g. a conversation switch)
+            view.set_markdown(view.text, force=True)
 
 
 class MarkdownView(QWidget):
