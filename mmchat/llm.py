@@ -402,9 +402,7 @@ class _DecodeStep:
                 o = nn.functional.scaled_dot_product_attention(q, k, v, scale=attn.scaling,
                                                                enable_gqa=k.shape[1] != q.shape[1])
             x = x + attn.o_proj(o.transpose(1, 2).reshape(1, 1, -1))
-            h = norm_post(x)
-            x = x + (mlp.forward(h) if isinstance(mlp, _GateUpMLP)
-                     else mlp.down_proj(mlp.act_fn(mlp.gate_proj(h)) * mlp.up_proj(h)))
+            x = x + mlp.forward(norm_post(x))  # transformers' gated MLP, or ours (_GateUpMLP)
         return self.head(self.norm(x))[0, -1].float()
 
 
@@ -505,21 +503,14 @@ class _GateUpMLP(nn.Module):
 
     def __init__(self, mlp: nn.Module) -> None:
         super().__init__()
-        gate, up = mlp.gate_proj, mlp.up_proj
-        both = nn.Linear(gate.in_features, gate.out_features + up.out_features, bias=gate.bias is not None,
-                         device="meta")
-        both.weight = nn.Parameter(torch.cat([gate.weight, up.weight]).detach(), requires_grad=False)
-        if gate.bias is not None:
-            both.bias = nn.Parameter(torch.cat([gate.bias, up.bias]).detach(), requires_grad=False)
-        self.gate_up = quant.HalfLinear(both)
-        self.down_proj, self.act_fn, self.split = mlp.down_proj, mlp.act_fn, gate.out_features
+        self.gate_up = quant.fuse([mlp.gate_proj, mlp.up_proj])
+        self.down_proj, self.act_fn, self.split = mlp.down_proj, mlp.act_fn, mlp.gate_proj.out_features
 
     @staticmethod
     def fits(mlp: nn.Module) -> bool:
         parts = [getattr(mlp, name, None) for name in ("gate_proj", "up_proj", "down_proj")]
         return (hasattr(mlp, "act_fn") and all(type(p) is nn.Linear for p in parts)
-                and parts[0].in_features == parts[1].in_features
-                and (parts[0].bias is None) == (parts[1].bias is None))
+                and parts[0].in_features == parts[1].in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(x).split(self.split, -1)

@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["FloatEmbedding", "HalfLinear", "available", "convert_layers", "float_the_rest", "fuse", "release_file_pages", "weight_bytes"]
+__all__ = ["FloatEmbedding", "HalfLinear", "available", "convert_layers", "float_the_rest", "fuse",
+           "release_file_pages", "weight_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -97,17 +98,25 @@ class _HalfLinearFunction(torch.autograd.Function):
         return grad @ weight.to(grad.dtype), None
 
 
-def fuse(layers: list[HalfLinear]) -> HalfLinear:
-    """One layer computing ``torch.cat([layer(x) for layer in layers], -1)``: a single kernel call
-    instead of several (each costs ~50 us however small, e.g. a 896x128 key projection)."""
+def fuse(layers: list[nn.Linear | HalfLinear]) -> HalfLinear:
+    """One fp16 layer computing ``torch.cat([layer(x) for layer in layers], -1)``: a single kernel
+    call instead of several (each costs ~50 us however small, e.g. a 896x128 key projection).
+    Takes float layers or :class:`HalfLinear` ones; biasless layers get zeros only when another
+    part has a bias."""
     weights, biases = [], []
     for layer in layers:
-        weight, bias = torch.ops.quantized.linear_unpack_fp16(layer._packed)
+        if isinstance(layer, HalfLinear):
+            weight, bias = torch.ops.quantized.linear_unpack_fp16(layer._packed)
+        else:
+            weight, bias = layer.weight.detach().float(), None if layer.bias is None else layer.bias.detach().float()
         weights.append(weight)
-        biases.append(torch.zeros(weight.shape[0]) if bias is None else bias)
-    linear = nn.Linear(weights[0].shape[1], sum(w.shape[0] for w in weights), device="meta")
+        biases.append(bias)
+    linear = nn.Linear(weights[0].shape[1], sum(w.shape[0] for w in weights), device="meta",
+                       bias=any(b is not None for b in biases))
     linear.weight = nn.Parameter(torch.cat(weights), requires_grad=False)
-    linear.bias = nn.Parameter(torch.cat(biases), requires_grad=False)
+    if linear.bias is not None:
+        linear.bias = nn.Parameter(torch.cat([torch.zeros(w.shape[0]) if b is None else b
+                                              for w, b in zip(weights, biases)]), requires_grad=False)
     return HalfLinear(linear)
 
 

@@ -71,6 +71,14 @@ def test_fused_layers_equal_the_separate_ones():
     assert torch.equal(fused(x), torch.cat([p(x) for p in parts], -1))
 
 
+def test_fusing_float_layers_without_bias_adds_none():
+    parts = [nn.Linear(64, n, bias=False) for n in (48, 16)]
+    fused = quant.fuse(parts)
+    assert fused.nbytes == 2 * 64 * 64  # no zero bias
+    x = torch.randn(2, 64)
+    assert torch.equal(fused(x), torch.cat([quant.HalfLinear(p)(x) for p in parts], -1))
+
+
 def test_float_embedding_reads_rows_of_the_given_table_as_float32():
     table = nn.Embedding(50, 16)
     table.weight.data = table.weight.data.to(torch.bfloat16)
