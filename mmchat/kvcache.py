@@ -37,7 +37,7 @@ class GrowingLayer(DynamicLayer):
             self._grow(key_states, value_states, end)
         for buffer, new in zip(self._buffers, (key_states, value_states)):
             buffer[..., self._length:end, :].copy_(new)
-        self._set_length(end)
+        self.set_length(end)
         return self.keys, self.values
 
     def _grow(self, key_states: torch.Tensor, value_states: torch.Tensor, needed: int) -> None:
@@ -50,7 +50,15 @@ class GrowingLayer(DynamicLayer):
             grown.append(buffer)
         self._buffers = (grown[0], grown[1])
 
-    def _set_length(self, length: int) -> None:
+    def reserve(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The key and value buffers, grown if need be to hold ``length`` positions, for a caller
+        that writes positions itself and then calls :meth:`set_length` (an initialised layer only)."""
+        if self._buffers is None or length > self._buffers[0].shape[-2]:
+            self._grow(self.keys, self.values, length)
+        return self._buffers
+
+    def set_length(self, length: int) -> None:
+        """Take the buffers' first ``length`` positions as the cache (see :meth:`reserve`)."""
         self._length = length
         self.keys, self.values = (buffer[..., :length, :] for buffer in self._buffers)
 
@@ -66,7 +74,7 @@ class GrowingLayer(DynamicLayer):
             raise ValueError(f"crop takes a negative count of positions to remove, not {tokens_to_remove}")
         if tokens_to_remove == 0 or not self.is_initialized or self._buffers is None:
             return
-        self._set_length(max(self._length - abs(tokens_to_remove), 0))
+        self.set_length(max(self._length - abs(tokens_to_remove), 0))
 
     def reset(self) -> None:
         self._buffers, self._length = None, 0

@@ -40,6 +40,26 @@ def test_growth_keeps_the_filled_part_and_leaves_room():
     assert ours.capacity() % GROWTH_STEP == 0
 
 
+def test_reserve_grows_for_a_caller_that_writes_positions_itself():
+    """The scripted decode step's protocol: reserve room, write a position, set the length."""
+    generator = torch.Generator().manual_seed(4)
+    ours, theirs = GrowingLayer(), DynamicLayer()
+    keys, values = _states(generator, GROWTH_STEP)  # fills the first buffer exactly
+    ours.update(keys, values)
+    theirs.update(keys, values)
+    for _ in range(3):
+        keys, values = _states(generator, 1)
+        position = ours.get_seq_length()
+        buffers = ours.reserve(position + 1)
+        for buffer, new in zip(buffers, (keys, values)):
+            buffer[:, :, position:position + 1].copy_(new)
+        ours.set_length(position + 1)
+        theirs.update(keys, values)
+    assert ours.capacity() > GROWTH_STEP
+    assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
+    assert ours.reserve(ours.get_seq_length())[0].data_ptr() == ours.keys.data_ptr()  # room left: no regrowth
+
+
 def test_crop_then_update_overwrites_the_removed_positions():
     generator = torch.Generator().manual_seed(2)
     ours, theirs = GrowingLayer(), DynamicLayer()

@@ -56,18 +56,28 @@ def test_default_precision_halves_the_decoder_layers_only(llm):
         decoder.embed_tokens.weight.nbytes)
 
 
+@pytest.mark.parametrize("cache_kind", ["in place", "transformers"])
 @pytest.mark.parametrize("name", ["qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct"])
-def test_lean_decode_step_gives_transformers_logits_bit_for_bit(name, llm):
+def test_lean_decode_step_gives_transformers_logits_bit_for_bit(name, cache_kind, llm, monkeypatch):
     """Our one-token step (Qwen2 and Llama layouts, fused query/key/value projections) against the
-    model's own forward, 12 tokens on."""
+    model's own forward, 12 tokens on. On the in-place cache with fp16 layers that is the scripted
+    step (the Python loop is made to fail, so it cannot stand in); on transformers' own cache, the
+    Python one."""
     from transformers import DynamicCache
+
+    from mmchat.kvcache import new_cache
 
     model = llm if name == llm.name else LLM.load(name)
     assert model._step is not None
+    scripted = model.model.precision == "fp16" and cache_kind == "in place"
     if model.model.precision == "fp16":
         assert all(qkv is not None for qkv in model._step.qkv)
+        assert model._step.scripted is not None
+    if scripted:
+        monkeypatch.setattr(model._step, "layers", None)  # the Python loop would raise on it
     ids = model.encode("The capital of France is")
-    caches = [DynamicCache(config=model.model.config) for _ in range(2)]
+    caches = [new_cache(model.model.config) if cache_kind == "in place" else DynamicCache(config=model.model.config),
+              DynamicCache(config=model.model.config)]
     with torch.inference_mode():
         for cache in caches:
             model.model(input_ids=ids[None], past_key_values=cache, use_cache=True)
@@ -79,6 +89,7 @@ def test_lean_decode_step_gives_transformers_logits_bit_for_bit(name, llm):
             assert torch.equal(ours, theirs)
             token = int(ours.argmax())
     assert caches[0].get_seq_length() == caches[1].get_seq_length() == len(ids) + 12
+    torch.testing.assert_close(caches[0].layers[-1].keys, caches[1].layers[-1].keys, rtol=0, atol=0)
 
 
 def test_growing_cache_gives_transformers_logits_bit_for_bit(llm):
@@ -110,16 +121,18 @@ def test_growing_cache_gives_transformers_logits_bit_for_bit(llm):
 
 def test_lean_decode_step_on_a_long_cache_matches_transformers(llm, monkeypatch):
     """From GROUPED_ATTENTION_FROM cached positions on, our step computes attention as two grouped
-    matmuls: not bit-identical to sdpa, so checked for closeness and the same greedy tokens."""
+    matmuls: not bit-identical to sdpa, so checked for closeness and the same greedy tokens. The
+    scripted step and the Python one (on a copy of the cache) agree bit for bit, and only the
+    Python one goes through the module-level function counted here."""
     from transformers import DynamicCache
 
-    from mmchat.kvcache import new_cache
     from mmchat import llm as module
+    from mmchat.kvcache import new_cache
     from mmchat.llm import GROUPED_ATTENTION_FROM
 
     calls = []
-    grouped = module._grouped_attention
-    monkeypatch.setattr(module, "_grouped_attention", lambda *a, **k: calls.append(1) or grouped(*a, **k))
+    grouped = module.grouped_attention
+    monkeypatch.setattr(module, "grouped_attention", lambda *a, **k: calls.append(1) or grouped(*a, **k))
     text = " ".join(f"Fact {i}: rivers carry water to the sea." for i in range(GROUPED_ATTENTION_FROM // 10))
     ids = llm.encode(text)[:GROUPED_ATTENTION_FROM + 8]
     assert len(ids) == GROUPED_ATTENTION_FROM + 8
@@ -127,25 +140,17 @@ def test_lean_decode_step_on_a_long_cache_matches_transformers(llm, monkeypatch)
     with torch.inference_mode():
         for cache in (ours, theirs):
             llm.model(input_ids=ids[None], past_key_values=cache, use_cache=True)
+        python = copy.deepcopy(theirs)
         token = int(ids[-1])
         for _ in range(4):
             got = llm._step(ours, token)
+            assert torch.equal(llm._step(python, token), got)
             want = llm.model(input_ids=torch.tensor([[token]]), past_key_values=theirs,
                              use_cache=True).logits[0, -1].float()
             assert (got - want).abs().max() < 1e-3 * want.abs().max()
             assert int(got.argmax()) == int(want.argmax())
             token = int(got.argmax())
     assert len(calls) == 4 * llm.model.config.num_hidden_layers
-
-
-def test_grouped_attention_agrees_with_sdpa():
-    from mmchat.llm import _grouped_attention
-
-    generator = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(shape, generator=generator) for shape in ((1, 14, 1, 64), (1, 2, 3000, 64),
-                                                                        (1, 2, 3000, 64)))
-    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.125, enable_gqa=True)
-    torch.testing.assert_close(_grouped_attention(q, k, v, scale=0.125), want, rtol=1e-5, atol=1e-6)
 
 
 def test_prefill_on_a_cached_prefix_lets_sdpa_group_the_heads(llm, monkeypatch):
