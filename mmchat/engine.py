@@ -6,6 +6,7 @@ worker thread, and shows each slot's state in its status bar via ``on_status``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -45,6 +46,13 @@ class _Slot:
         self._notify(self.status)
 
     def get(self) -> Any:
+        """The model, loaded on first use.
+
+        Python's objects from before and after a load are frozen out of the cyclic garbage
+        collector (``gc.freeze``): a loaded model leaves ~10^6 long-lived objects for it to walk,
+        and each full collection then took 140-230 ms holding the GIL, in whichever thread it hit,
+        so the GUI froze that long now and then (seen mid fusion-training, and during loads).
+        Refcounting still frees frozen objects when they are dropped."""
         with self._lock:
             if self._value is not None:
                 return self._value
@@ -54,6 +62,7 @@ class _Slot:
             def progress(done: int, total: int) -> None:
                 self._set("loading", "converting (one time)", done / total if total else None)
 
+            gc.freeze()
             try:
                 self._value = self._loader(self.model, progress)
             except MMChatError as exc:
@@ -62,6 +71,7 @@ class _Slot:
             except Exception as exc:
                 self._set("error", f"{type(exc).__name__}: {exc}")
                 raise
+            gc.freeze()  # the model's own objects too
             detail = "untrained" if getattr(self._value, "trained", True) is False else ""
             self._set("ready", detail)
             log.info("%s %s ready in %.1f s", self.role, self.model, time.monotonic() - started)

@@ -88,6 +88,7 @@ class MainWindow(QMainWindow):
         self.save_settings = save_settings
         self._closing = False
         self.runner = TaskRunner(self)
+        self.warmed_up = False  # the start-up warm-up (Markdown, message widgets) is done
         self.runner.crashed.connect(self._task_crashed)
         self._bridge = _EngineBridge(self)
         self._bridge.status.connect(self._engine_status, QUEUED)
@@ -283,6 +284,7 @@ class MainWindow(QMainWindow):
             widget.ensurePolished()
             widget.adjustSize()
             widget.deleteLater()
+        self.warmed_up = True
 
     def load_models(self) -> None:
         engine = self.engine
