@@ -185,7 +185,7 @@ def _draw_random_init(seed: int, out: Path) -> None:
     vision.config.projection_dim = text.config.projection_dim = config.projection_dim
     vision.save_pretrained(out / "vision", safe_serialization=True)
     text.save_pretrained(out / "text", safe_serialization=True)
-    (out / RANDOM_INIT_META).write_text(json.dumps({"seed": seed, "logit_scale": float(model.logit_scale)}))
+    (out / RANDOM_INIT_META).write_text(json.dumps({"seed": seed, "logit_scale": model.logit_scale.item()}))
 
 
 class TransformersClipBackend:
