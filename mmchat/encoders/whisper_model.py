@@ -197,7 +197,6 @@ class TextDecoder(nn.Module):
         self.blocks = nn.ModuleList(
             [ResidualAttentionBlock(n_state, n_head, cross_attention=True) for _ in range(n_layer)])
         self.ln = LayerNorm(n_state)
-        self.output_weight: Tensor | None = None  # see use_output_dtype
 
     def use_output_dtype(self, dtype: torch.dtype) -> None:
         """Keep the (tied) token embedding in ``dtype`` and compute logits against it.
@@ -206,7 +205,6 @@ class TextDecoder(nn.Module):
         float16 halves the bytes it reads (and is the precision the weights ship in, so the
         lookups, which come out as float32, are exact)."""
         self.token_embedding.weight.data = self.token_embedding.weight.data.to(dtype)
-        self.output_weight = self.token_embedding.weight.detach()
 
     def forward(self, tokens: Tensor, xa: Tensor, cache: KVCache) -> Tensor:
         """Logits (batch, n_new, n_vocab) for ``tokens`` following the ``cache.length`` already seen."""
@@ -215,7 +213,7 @@ class TextDecoder(nn.Module):
         for layer, block in enumerate(self.blocks):
             x = block.decode(x, cache, layer, xa)
         cache.length += tokens.shape[-1]
-        weight = self.token_embedding.weight if self.output_weight is None else self.output_weight
+        weight = self.token_embedding.weight  # tied: the vocabulary projection reads the token table
         return (self.ln(x).to(weight.dtype) @ weight.T).float()
 
 
