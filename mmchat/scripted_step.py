@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from mmchat import quant
-from mmchat.kvcache import GrowingLayer
+from mmchat.kvcache import GrowingLayer, new_cache
 
 __all__ = ["GROUPED_ATTENTION_FROM", "ScriptedStep", "grouped_attention"]
 
@@ -33,7 +33,10 @@ log = logging.getLogger(__name__)
 
 GROUPED_ATTENTION_FROM = 1024  # cached positions from which a decoded token's attention is two matmuls
 
-Packed = torch.classes.quantized.LinearPackedParamsBase  # a HalfLinear's fp16 weight (and bias)
+try:  # a HalfLinear's fp16 weight (and bias); a torch without it gets the Python step (build fails)
+    Packed = torch.classes.quantized.LinearPackedParamsBase
+except (AttributeError, RuntimeError):
+    Packed = None
 
 
 def grouped_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
@@ -144,8 +147,6 @@ class ScriptedStep:
         """Two steps on a throwaway one-position cache. TorchScript profiles a function's first call
         and optimises it on the second: without this the first reply's first two tokens took 84-91
         and 49-56 ms where later ones take 43-47 (Qwen 0.5B, 2 cores); the load pays instead."""
-        from mmchat.kvcache import new_cache
-
         cache, w = new_cache(config), self.weights
         state = torch.zeros(1, w["kv_heads"], 1, w["head_dim"])
         for layer in cache.layers:
