@@ -27,3 +27,24 @@ def test_a_slot_loads_once_reports_status_and_freezes_the_model_out_of_the_gc():
     # A full collection would otherwise walk every one of the model's objects, holding the GIL
     # (140-230 ms with a real model loaded, which froze the GUI); frozen, it skips them.
     assert gc.get_freeze_count() >= frozen + len(model.parts)
+
+
+def test_a_replaced_engine_and_its_models_are_freed_by_the_next_load():
+    """Frozen objects are never collected; an engine is a cycle (its slots call back into it), so
+    the next load must unfreeze and collect before freezing again, or every model switch would
+    keep the old models for good."""
+    import weakref
+
+    class Engine:  # the shape of mmchat.engine.Engine: slots holding a bound method of their owner
+        def __init__(self) -> None:
+            self.slot = _Slot("llm", "old", lambda name, progress: _Model(), self.notify)
+
+        def notify(self, status) -> None:
+            pass
+
+    old = Engine()
+    model = weakref.ref(old.slot.get())
+    del old
+    assert model() is not None  # frozen with its engine: only an explicit pass can free it
+    _Slot("llm", "new", lambda name, progress: _Model(), lambda status: None).get()
+    assert model() is None
