@@ -116,7 +116,7 @@ class ScriptedStep:
             eps=float(decoder.norm.variance_epsilon), heads=config.num_attention_heads,
             kv_heads=config.num_key_value_heads, head_dim=attention.head_dim,
             intermediate=decoder.layers[0].mlp.split, scale=float(attention.scaling),
-            grouped_from=GROUPED_ATTENTION_FROM)
+            grouped_from=GROUPED_ATTENTION_FROM)  # an argument: scripting rejects the module-level int
         self.function = _scripted()
 
     @classmethod
