@@ -24,6 +24,7 @@ EXIT_USAGE = 2
 EXIT_BUG = 70  # EX_SOFTWARE: an unexpected error, with a crash report written
 # mmchat.fusion.PROJECTORS' names, spelled out so building the parser does not import torch
 PROJECTOR_NAMES = ("mlp2x_gelu", "linear", "slots_mlp", "slots_attn")
+AUDIO_PROJECTOR_NAMES = (*PROJECTOR_NAMES, "ctc_mlp")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,8 +123,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--image-projector", choices=PROJECTOR_NAMES,
                        help="per-cell tokens (mlp2x_gelu, linear) or whole-image tokens that learn to spell the "
                             "caption first (slots_mlp, slots_attn); default mlp2x_gelu")
-    train.add_argument("--audio-projector", choices=PROJECTOR_NAMES,
-                       help="per-frame-stack tokens, or whole-clip tokens that learn to spell the transcript first")
+    train.add_argument("--audio-projector", choices=AUDIO_PROJECTOR_NAMES,
+                       help="per-frame-stack tokens (mlp2x_gelu, linear), the same trained with CTC to spell the "
+                            "transcript, blank stacks dropped (ctc_mlp), or whole-clip tokens that learn to spell "
+                            "the transcript first (slots_mlp, slots_attn)")
     train.add_argument("--train", choices=("all", "weights"),
                        help="what the answer-loss steps train: the projectors and the per-modality weights "
                             "(all, default), or only the weights (the aligned projectors stay as they are)")
@@ -461,7 +464,7 @@ def _cmd_eval_fusion(args) -> int:
     whisper = engine.whisper if "audio" in modalities else None
     model = fusion.load(directory, llm=llm.name, hidden_size=llm.hidden_size,
                         image_fingerprint=getattr(image_encoder, "fingerprint", None),
-                        audio_fingerprint=getattr(whisper, "fingerprint", None))
+                        audio_fingerprint=getattr(whisper, "fingerprint", None), embed=llm.embed)
     features = encode_features(samples, image_encoder=image_encoder, whisper=whisper, data_hash=dataset_hash(heldout))
     report = evaluate(llm, model, features, build_examples(samples), system_prompt=SYSTEM_PROMPT,
                       limit_per_kind=args.limit)

@@ -5,7 +5,10 @@ that maps encoder features to a group of tokens of the LLM's hidden size:
 
 * image: CLIP patch tokens (7×7 grid of 768-d) → average-pooled to a k×k grid → projector → k² tokens;
 * audio: Whisper encoder frames of the speech actually present → ``audio_stack`` consecutive frames
-  concatenated → projector → one token per stack (capped at ``max_audio_tokens``);
+  concatenated → projector → one token per stack (capped at ``max_audio_tokens``); the ``ctc_mlp``
+  projector's per-stack tokens are trained with CTC to spell the transcript in the LLM's input
+  embeddings, and the stacks it reads as blank are dropped and repeats merged, so the LLM gets
+  about one token per word piece heard;
 * or, with a whole-media projector (``slots_mlp``, ``slots_attn``), a fixed number of tokens made from
   every cell (or time cell) together, which the trainer first teaches to spell the caption/transcript.
 
@@ -24,10 +27,12 @@ import dataclasses
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmchat.errors import MMChatError
@@ -37,6 +42,8 @@ DELIMITERS = {"image": ("<image>", "</image>"), "audio": ("<audio>", "</audio>")
 WEIGHTS_FILE = "fusion.safetensors"
 META_FILE = "fusion.json"
 FORMAT_VERSION = 1
+CTC_TEMPERATURE = 20.0  # cosine logits ×20: CTC needs a peaked blank/word read-out per stack
+COLLAPSE_FRAMES = 1500  # 30 s of Whisper frames (20 ms each)
 
 
 @dataclass(frozen=True)
@@ -59,11 +66,18 @@ class FusionConfig:
     audio_slots: int = 16  # ... and makes this many tokens
     embed_rms: float = 0.02  # RMS of the LLM's token embeddings; projector outputs start at this scale
     mlp_hidden: int = 512  # inner width of the MLP projectors (keeps the shipped checkpoint a few MB)
+    audio_vocab: int = 0  # ``ctc_mlp``: how many LLM token ids the collapse reads stacks against (stored with the weights)
 
     def whole(self, modality: str) -> bool:
         """True when ``modality``'s projector makes a fixed number of tokens (``<modality>_slots``)
         from the whole image or clip, rather than one token per cell or frame stack."""
         return getattr(self, f"{modality}_projector") in WHOLE_MEDIA_PROJECTORS
+
+    @property
+    def audio_collapse(self) -> bool:
+        """True for a CTC-trained per-stack audio projector (``ctc_mlp``): blank stacks are dropped
+        and repeats merged, so the LLM gets about one token per word piece heard."""
+        return self.audio_projector in COLLAPSING_PROJECTORS
 
     @property
     def image_tokens(self) -> int:
@@ -142,9 +156,11 @@ class AttentionSlotProjector(nn.Module):
         return self.basis(self.out(slots))
 
 
+# ``ctc_mlp`` (audio only) is ``mlp2x_gelu`` per stack of frames, trained with CTC and collapsed (Fusion._collapse).
 PROJECTORS = {"linear": _linear, "mlp2x_gelu": _mlp2x_gelu, "slots_mlp": SlotProjector,
-              "slots_attn": AttentionSlotProjector}
+              "slots_attn": AttentionSlotProjector, "ctc_mlp": _mlp2x_gelu}
 WHOLE_MEDIA_PROJECTORS = frozenset({"slots_mlp", "slots_attn"})
+COLLAPSING_PROJECTORS = frozenset({"ctc_mlp"})
 
 
 def build_projector(name: str, in_dim: int, out_dim: int, *, hidden: int | None = None, cells: int = 0,
@@ -186,6 +202,22 @@ class Fusion(nn.Module):
         self.audio = _Branch(config.audio_projector, audio_in, config.hidden_size, config.embed_rms, config.mlp_hidden,
                              cells=config.audio_cells, slots=config.audio_slots)
         self.alpha = nn.Parameter(torch.zeros(len(MODALITIES)))
+        if config.image_projector in COLLAPSING_PROJECTORS:
+            raise ValueError(f"{config.image_projector} is an audio projector")
+        if config.audio_collapse:
+            if config.audio_vocab < 1:
+                raise ValueError(f"the {config.audio_projector} audio projector needs audio_vocab ≥ 1")
+            self.audio_blank = nn.Parameter(torch.randn(config.hidden_size) * 0.02)
+            self.register_buffer("audio_vocab_ids", torch.zeros(config.audio_vocab, dtype=torch.long))
+        self._vocab: torch.Tensor | None = None  # unit rows of the LLM's input embeddings of audio_vocab_ids
+
+    def use_vocabulary(self, embed: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Give a collapsing audio projector the LLM's input embeddings of its token ids (``embed``:
+        token ids → embeddings, e.g. ``LLM.embed``); without them :meth:`audio_tokens` cannot tell
+        blank stacks from words. Other projectors need nothing."""
+        if self.config.audio_collapse:
+            with torch.no_grad():
+                self._vocab = F.normalize(embed(self.audio_vocab_ids).float(), dim=-1)
 
     def weights(self) -> dict[str, float]:
         w = torch.softmax(self.alpha.detach().float(), 0)
@@ -217,10 +249,60 @@ class Fusion(nn.Module):
                                  for f, n in zip(frames, lengths)])
             group = self.audio(cells) * self._scale("audio")
             return torch.cat([group, group.mean(1, keepdim=True)], dim=1)
-        stacked, mask = self._stack(frames, lengths)
-        group = self.audio(stacked) * self._scale("audio") * mask.unsqueeze(-1)
+        group, mask = self.audio_stacks(frames, lengths)
+        if self.config.audio_collapse:
+            group, mask = self._collapse(group, mask)
         summary = group.sum(1, keepdim=True) / mask.sum(1).clamp(min=1).view(-1, 1, 1)
         return torch.cat([group, summary], dim=1)
+
+    def audio_stacks(self, frames: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, audio_dim) frames → one weighted token per ``audio_stack`` frames (zero past a
+        clip's length) and the (B, stacks) mask of live ones."""
+        stacked, mask = self._stack(frames, lengths)
+        return self.audio(stacked) * self._scale("audio") * mask.unsqueeze(-1), mask
+
+    def readout_logits(self, stacks: torch.Tensor) -> torch.Tensor:
+        """(..., hidden) stack tokens → (..., audio_vocab + 1) cosine logits against the vocabulary's
+        embeddings and the blank (last column): what the CTC alignment trains and the collapse reads."""
+        if self._vocab is None:
+            raise RuntimeError("a collapsing audio projector needs Fusion.use_vocabulary(LLM input embeddings) first")
+        table = torch.cat([self._vocab, F.normalize(self.audio_blank, dim=0).unsqueeze(0)])
+        return CTC_TEMPERATURE * F.normalize(stacks, dim=-1) @ table.T
+
+    def heard(self, frames: torch.Tensor, lengths: torch.Tensor | None = None) -> list[list[int]]:
+        """The LLM token ids a ``ctc_mlp`` projector reads from each clip (what its tokens say)."""
+        with torch.no_grad():
+            labels = self._read(*self.audio_stacks(frames, lengths)).tolist()
+        return [[int(self.audio_vocab_ids[row[run[0]]]) for run in runs] for row, runs in zip(labels, self._runs(labels))]
+
+    def _read(self, stacks: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, stacks) read-out labels; padding reads as blank (``audio_vocab``)."""
+        return self.readout_logits(stacks).argmax(-1).masked_fill(mask == 0, self.config.audio_vocab)
+
+    def _runs(self, labels: list[list[int]]) -> list[list[list[int]]]:
+        """Per clip, CTC's greedy read-out as runs of stack indices: blank stacks dropped, each run
+        of stacks read as the same token kept together; the first ``max_audio_tokens`` runs."""
+        blank, out = self.config.audio_vocab, []
+        for row in labels:
+            runs: list[list[int]] = []
+            for t, label in enumerate(row):
+                if label != blank:
+                    if t and row[t - 1] == label:
+                        runs[-1].append(t)
+                    else:
+                        runs.append([t])
+            out.append(runs[:self.config.max_audio_tokens])
+        return out
+
+    def _collapse(self, stacks: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each run of stacks read as one token becomes their mean (at the run's RMS). Returns the
+        (B, n, hidden) zero-padded groups and their mask."""
+        groups = [torch.stack([_run_mean(tokens[r]) for r in runs]) if runs else stacks.new_zeros(0, stacks.shape[-1])
+                  for tokens, runs in zip(stacks, self._runs(self._read(stacks, mask).tolist()))]
+        counts = torch.tensor([len(g) for g in groups])
+        padded = nn.utils.rnn.pad_sequence(groups, batch_first=True)
+        live = (torch.arange(padded.shape[1]).unsqueeze(0) < counts.unsqueeze(1)).to(stacks.dtype)
+        return padded, live
 
     def _stack(self, frames: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         b, t, d = frames.shape
@@ -236,8 +318,9 @@ class Fusion(nn.Module):
 
     def fit_audio_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """(T, audio_dim) frames of one clip, averaged down in time so they make at most
-        ``max_audio_tokens`` tokens (long clips keep their whole span, coarser)."""
-        limit = self.config.max_audio_tokens * self.config.audio_stack
+        ``max_audio_tokens`` tokens (long clips keep their whole span, coarser). A collapsing
+        projector reads words, not stacks: it keeps up to 30 s at full resolution."""
+        limit = COLLAPSE_FRAMES if self.config.audio_collapse else self.config.max_audio_tokens * self.config.audio_stack
         if frames.shape[0] <= limit:
             return frames
         return nn.functional.adaptive_avg_pool1d(frames.T.unsqueeze(0), limit).squeeze(0).T
@@ -246,6 +329,12 @@ class Fusion(nn.Module):
         """One token Σ wᵢ x̂ᵢ over the modalities present (each (B, n, hidden) token groups)."""
         parts = [g[:, :-1].mean(1) for g in (image, audio) if g is not None]
         return torch.stack(parts, 0).sum(0).unsqueeze(1)
+
+
+def _run_mean(tokens: torch.Tensor) -> torch.Tensor:
+    """The mean of (n, hidden) tokens, scaled back to their RMS (a mean of near-parallel vectors is shorter)."""
+    mean = tokens.mean(0)
+    return mean * (tokens.pow(2).mean().sqrt() / mean.pow(2).mean().add(1e-12).sqrt())
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
@@ -268,7 +357,8 @@ def save(fusion: Fusion, directory: Path, *, data_hash: str = "", metrics: dict 
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / WEIGHTS_FILE
     tmp = weights.with_suffix(".tmp")
-    state = {k: v.detach().to(dtype).contiguous() for k, v in fusion.state_dict().items()}
+    state = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous()
+             for k, v in fusion.state_dict().items()}
     save_file(state, tmp, metadata={"format": "mmchat-fusion"})
     tmp.replace(weights)
     meta = FusionMeta(fusion.config, data_hash, dict(metrics or {}), _sha256(weights), trained_steps)
@@ -290,10 +380,11 @@ def read_meta(directory: Path) -> FusionMeta:
 
 
 def load(directory: Path, *, llm: str, hidden_size: int, image_fingerprint: str | None = None,
-         audio_fingerprint: str | None = None) -> Fusion:
+         audio_fingerprint: str | None = None, embed: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Fusion:
     """Load a checkpoint, verifying its sha256 and that it was trained for this LLM and these encoders.
 
-    A fingerprint of ``None`` skips that modality's check (its encoder is not loaded yet)."""
+    A fingerprint of ``None`` skips that modality's check (its encoder is not loaded yet). ``embed``
+    (the LLM's token ids → input embeddings) is what a ``ctc_mlp`` audio projector reads against."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -318,10 +409,12 @@ def load(directory: Path, *, llm: str, hidden_size: int, image_fingerprint: str 
                           hint="Restore them (e.g. reinstall mmchat) or retrain with `mmchat train-fusion`.")
     fusion = Fusion(cfg)
     try:
-        fusion.load_state_dict({k: v.float() for k, v in load_file(weights).items()})
+        fusion.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in load_file(weights).items()})
     except (SafetensorError, RuntimeError, ValueError, OSError) as exc:  # matching sha256, unusable content
         raise MMChatError(f"The fusion weights in {directory} could not be read ({exc}).",
                           hint="Retrain with `mmchat train-fusion`.") from None
+    if embed is not None:
+        fusion.use_vocabulary(embed)
     fusion.eval()
     return fusion
 

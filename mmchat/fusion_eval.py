@@ -20,7 +20,7 @@ from mmchat.fusion_train import Example, _Batcher, answer_loss, media_tokens, us
 
 # Question kinds whose answers are scored by accuracy (short, closed answers).
 SCORED_KINDS = {"image": ("colour", "shape", "count", "position"),
-                "audio": ("repeat", "colour_fact", "arithmetic", "sequence", "opposite", "fact")}
+                "audio": ("transcript", "repeat", "colour_fact", "arithmetic", "sequence", "opposite", "fact")}
 LOSS_BATCH = 8
 ANSWER_WINDOW = 9  # words of a reply, beyond the answer's own, searched for the answer
 REPLY_TOKENS = 14  # greedy tokens generated per scored question
@@ -104,7 +104,14 @@ def evaluate(llm, fusion, features, examples: Sequence[Example], *, system_promp
     token_counts = {"image": cfg.image_tokens,
                     "audio": cfg.audio_slots + 1 if cfg.whole("audio") else
                     f"1 per {cfg.audio_stack * 20} ms of speech, ≤ {cfg.max_audio_tokens} + 1"}
-    return {
+    clips = list({e.sample_id: e for e in examples if e.modality == "audio"}.values())
+    if cfg.audio_collapse and clips:
+        with torch.no_grad():
+            live = sum(float(media_tokens(fusion, features, clips[i:i + LOSS_BATCH])[1].sum())
+                       for i in range(0, len(clips), LOSS_BATCH))
+        token_counts["audio"] = (f"1 per token read from the speech, ≤ {cfg.max_audio_tokens} + 1 "
+                                 f"(mean {live / len(clips):.1f} here)")
+    report = {
         "llm": llm.name,
         "weights": fusion.weights(),
         "tokens_per_item": token_counts,
@@ -112,6 +119,35 @@ def evaluate(llm, fusion, features, examples: Sequence[Example], *, system_promp
         "accuracy": accuracy(llm, fusion, features, examples, system_prompt=system_prompt,
                              limit_per_kind=limit_per_kind),
     }
+    if cfg.audio_collapse:
+        report["audio_readout"] = readout(llm, fusion, features, examples)
+    return report
+
+
+def readout(llm, fusion, features, examples: Sequence[Example]) -> dict:
+    """What a ``ctc_mlp`` projector reads from held-out clips, against their transcripts (the
+    answers of ``transcript`` questions): clips read exactly, and token error rate (edits / tokens)."""
+    from mmchat.fusion_train import _padded_frames, transcript_ids
+
+    clips = [e for e in examples if e.modality == "audio" and e.kind == "transcript"]
+    exact = edits = total = 0
+    for e in clips:
+        heard = fusion.heard(*_padded_frames(fusion, [features[e.sample_id].float()]))[0]
+        want = transcript_ids(llm, e.answer)
+        exact += heard == want
+        edits += _edit_distance(heard, want)
+        total += len(want)
+    return {"n": len(clips), "exact": round(exact / max(1, len(clips)), 4),
+            "token_error_rate": round(edits / max(1, total), 4)}
+
+
+def _edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+    return row[-1]
 
 
 def format_report(report: dict) -> str:
@@ -124,4 +160,8 @@ def format_report(report: dict) -> str:
         for kind, v in kinds.items():
             lines.append(f"  {modality + ' ' + kind:20} {v['accuracy']:10.1%}   {v['no_media_accuracy']:8.1%}"
                          f"   {v['chance']:6.1%}  {v['n']:4}")
+    if "audio_readout" in report:
+        r = report["audio_readout"]
+        lines += ["", f"audio read-out of {r['n']} transcribed clips: {r['exact']:.1%} exact, "
+                      f"token error rate {r['token_error_rate']:.1%}"]
     return "\n".join(lines)

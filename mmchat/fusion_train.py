@@ -29,7 +29,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -240,16 +240,30 @@ def media_tokens(fusion: fusion_mod.Fusion, features: dict[str, torch.Tensor], e
     if examples[0].modality == "image":
         tokens = fusion.image_tokens(torch.stack(feats))
         return tokens, torch.ones(tokens.shape[:2])
-    feats = [fusion.fit_audio_frames(f) for f in feats]
-    lengths = torch.tensor([len(f) for f in feats])
-    padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
-    tokens = fusion.audio_tokens(padded, lengths)
+    tokens = fusion.audio_tokens(*_padded_frames(fusion, feats))
     if fusion.config.whole("audio"):
         return tokens, torch.ones(tokens.shape[:2])
-    s = fusion.config.audio_stack
-    n_tokens = (lengths + s - 1) // s
-    mask = (torch.arange(tokens.shape[1] - 1).unsqueeze(0) < n_tokens.unsqueeze(1)).float()
-    return tokens, torch.cat([mask, torch.ones(len(examples), 1)], dim=1)  # the summary token is live
+    # Past each clip's stacks (or words heard) the group is zero; a live token never is.
+    return tokens, (tokens.detach().abs().amax(-1) > 0).float()
+
+
+def _padded_frames(fusion: fusion_mod.Fusion, feats: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    feats = [fusion.fit_audio_frames(f) for f in feats]
+    return torch.nn.utils.rnn.pad_sequence(feats, batch_first=True), torch.tensor([len(f) for f in feats])
+
+
+def audio_vocabulary(llm, samples: Sequence, *, seed: int) -> list[int]:
+    """The LLM token ids a collapsing audio projector reads stacks against: every token of the
+    training transcripts, plus random other tokens for them to compete with."""
+    spoken = {i for s in samples if s.modality == "audio" and s.transcript for i in transcript_ids(llm, s.transcript)}
+    generator = torch.Generator().manual_seed(seed)
+    n_vocab = llm.model.get_input_embeddings().weight.shape[0]
+    return sorted(spoken | set(torch.randperm(n_vocab, generator=generator)[:ALIGN_NEGATIVES].tolist()))
+
+
+def transcript_ids(llm, transcript: str) -> list[int]:
+    """A transcript's token ids as they would follow ``<audio>``."""
+    return llm.tokenizer(f" {transcript.strip()}", add_special_tokens=False)["input_ids"]
 
 
 # -- vocabulary alignment ------------------------------------------------------------------------
@@ -295,7 +309,11 @@ class Aligner:
       regresses onto the input embedding of the caption's j-th token (squared error at the
       embedding's scale plus a cosine softmax against other tokens). The frozen LLM then reads the
       group much as it would read the caption, before any answer-loss step.
-    * Per-token projectors (and audio) pull every token towards the embeddings of the words the
+    * A collapsing audio projector (``audio_collapse``) is taught with CTC to spell each clip's
+      transcript: every stack of frames reads as one of the transcript's tokens or as blank
+      (cosine logits against the LLM's input embeddings of ``audio_vocab_ids`` and a learned blank).
+      It shares one MLP across time, so a word learnt anywhere in a clip is read anywhere.
+    * Other per-token projectors pull every token towards the embeddings of the words the
       sample's answers use."""
 
     def __init__(self, llm, fusion: fusion_mod.Fusion, features: dict[str, torch.Tensor], samples: Sequence,
@@ -303,10 +321,15 @@ class Aligner:
         self.fusion, self.features, self.config = fusion, features, config
         cfg = fusion.config
         slots = {m: getattr(cfg, f"{m}_slots") if cfg.whole(m) else 0 for m in fusion_mod.MODALITIES}
+        columns = {int(t): c for c, t in enumerate(fusion.audio_vocab_ids.tolist())} if cfg.audio_collapse else {}
+        # sample id -> (tokens,) columns of its transcript in audio_vocab_ids, for the CTC loss
+        self.spoken = {s.id: torch.tensor([columns[t] for t in ids_]) for s in samples
+                       if cfg.audio_collapse and s.modality == "audio" and s.transcript
+                       and (ids_ := transcript_ids(llm, s.transcript)) and all(t in columns for t in ids_)}
         # What a whole-media group spells: an image's caption, a clip's transcript (token ids).
         spelt = {s.id: caption_ids(llm, text, slots[s.modality]) for s in samples
                  if slots[s.modality] and (text := s.caption if s.modality == "image" else s.transcript)}
-        words = {s.id: answer_words(s) for s in samples if s.id not in spelt}
+        words = {s.id: answer_words(s) for s in samples if s.id not in spelt and s.id not in self.spoken}
         ids = word_token_ids(llm, sorted({w for ws in words.values() for w in ws}))
         generator = torch.Generator().manual_seed(config.seed)
         vocab = llm.model.get_input_embeddings().weight.detach().float()
@@ -327,7 +350,8 @@ class Aligner:
                 dist[cols] = 1.0 / len(cols)
                 self.targets[sample_id] = dist
         self.by_modality = {m: [Example(s.modality, s.id, "", "", "align") for s in samples
-                                if s.modality == m and (s.id in self.targets or s.id in self.captions)]
+                                if s.modality == m and (s.id in self.targets or s.id in self.captions
+                                                        or s.id in self.spoken)]
                             for m in fusion_mod.MODALITIES}
         # The cosine loss ignores the output scale: leave log_scale (and α) to the answer loss,
         # except where the squared error sets it.
@@ -335,13 +359,18 @@ class Aligner:
                   for part in (getattr(fusion, m).norm, getattr(fusion, m).proj) for p in part.parameters()]
         params += [getattr(fusion, m).log_scale for m in fusion_mod.MODALITIES
                    if any(e.sample_id in self.captions for e in self.by_modality[m])]
+        if self.spoken:
+            params.append(fusion.audio_blank)
         self.optimizer = torch.optim.AdamW(params, lr=config.align_lr, weight_decay=config.weight_decay)
         self.generator = generator
 
     def loss(self, examples: Sequence[Example]) -> torch.Tensor:
         captioned = [e for e in examples if e.sample_id in self.captions]
-        rest = [e for e in examples if e.sample_id not in self.captions]
+        spoken = [e for e in examples if e.sample_id in self.spoken]
+        rest = [e for e in examples if e.sample_id not in self.captions and e.sample_id not in self.spoken]
         parts = [self._caption_loss(captioned)] if captioned else []
+        if spoken:
+            parts.append(self._ctc_loss(spoken))
         if rest:
             parts.append(self._word_loss(rest))
         return sum(parts) / len(parts)
@@ -353,6 +382,16 @@ class Aligner:
         target = torch.stack([self.targets[e.sample_id] for e in examples]).unsqueeze(1).expand_as(logits)
         per_token = -(target * torch.log_softmax(logits, -1)).sum(-1)
         return (per_token * mask).sum() / mask.sum()
+
+    def _ctc_loss(self, examples: Sequence[Example]) -> torch.Tensor:
+        """CTC of each clip's stack read-out (its transcript's tokens, blank = the last column)."""
+        stacks, mask = self.fusion.audio_stacks(*_padded_frames(self.fusion, [self.features[e.sample_id].float()
+                                                                               for e in examples]))
+        log_probs = self.fusion.readout_logits(stacks).log_softmax(-1)
+        targets = [self.spoken[e.sample_id] for e in examples]
+        return torch.nn.functional.ctc_loss(
+            log_probs.transpose(0, 1), torch.cat(targets), mask.sum(1).long(), torch.tensor([len(t) for t in targets]),
+            blank=self.fusion.config.audio_vocab, zero_infinity=True)
 
     def _caption_loss(self, examples: Sequence[Example]) -> torch.Tensor:
         """Slot j of the group against the caption's j-th token (the summary token is left free)."""
@@ -553,8 +592,15 @@ def train_fusion(engine, *, train_dir: Path, heldout_dir: Path | None, out: Path
         image_projector=config.image_projector, audio_projector=config.audio_projector,
         image_grid=config.image_grid, image_slots=config.image_slots, audio_cells=config.audio_cells,
         audio_slots=config.audio_slots, embed_rms=embed_rms)
+    vocabulary = []
+    if fusion_config.audio_collapse:
+        vocabulary = audio_vocabulary(llm, samples, seed=config.seed)
+        fusion_config = replace(fusion_config, audio_vocab=len(vocabulary))
     torch.manual_seed(config.seed)  # the initial projector weights depend on the seed alone
     fusion = fusion_mod.Fusion(fusion_config)
+    if vocabulary:
+        fusion.audio_vocab_ids.copy_(torch.tensor(vocabulary))
+    fusion.use_vocabulary(llm.embed)
     trainer = Trainer(llm, fusion, features, build_examples(samples), config=config, system_prompt=system_prompt)
     state_dir = paths.cache_dir() / "fusion-train" / llm.name / data_hash[:16]
     if resume and trainer.load_state(state_dir):

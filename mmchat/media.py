@@ -104,6 +104,9 @@ class MediaEncoder:
             if frames.shape[0] == 0:
                 return MediaPart("")
             tokens = self.fusion.audio_tokens(self.fusion.fit_audio_frames(frames).unsqueeze(0))[0]
+            tokens = tokens[tokens.abs().amax(-1) > 0]  # a ctc_mlp projector that heard no word gives none
+            if tokens.shape[0] == 0:
+                return MediaPart("")
         start, end = fusion_mod.DELIMITERS["audio"]
         return MediaPart(f"{start}{MEDIA_PLACEHOLDER}{end}", (self._to_llm(tokens),))
 
@@ -121,7 +124,7 @@ def media_encoder(engine, *, image: bool = True, audio: bool = True) -> MediaEnc
     image_fp = engine.image_encoder.fingerprint if image else None
     audio_fp = engine.whisper.fingerprint if audio else None
     try:
-        fusion = fusion_mod.load(directory, llm=llm.name, hidden_size=llm.hidden_size)
+        fusion = fusion_mod.load(directory, llm=llm.name, hidden_size=llm.hidden_size, embed=llm.embed)
     except MMChatError as exc:
         log.warning("fusion checkpoint %s unusable: %s", directory, exc)
         return MediaEncoder(engine, reason=str(exc).split("\n")[0].rstrip("."))

@@ -23,9 +23,10 @@ def test_projector_factory_by_name():
 
 
 def test_the_cli_offers_every_projector():
-    from mmchat.cli import PROJECTOR_NAMES
+    from mmchat.cli import AUDIO_PROJECTOR_NAMES, PROJECTOR_NAMES
 
-    assert sorted(PROJECTOR_NAMES) == sorted(fusion.PROJECTORS)
+    assert sorted(AUDIO_PROJECTOR_NAMES) == sorted(fusion.PROJECTORS)
+    assert sorted(PROJECTOR_NAMES) == sorted(set(fusion.PROJECTORS) - fusion.COLLAPSING_PROJECTORS)
 
 
 def test_token_group_shapes_scale_and_weights():
@@ -113,3 +114,72 @@ def test_save_load_round_trip_and_refusals(tmp_path):
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(MMChatError, match="train-fusion"):
         fusion.load(tmp_path, llm="toy-llm", hidden_size=32)
+
+
+def test_ctc_audio_projector_drops_blank_stacks_and_merges_repeats(tmp_path):
+    """``ctc_mlp``: each stack reads as a vocabulary token or blank; the LLM gets one token per run."""
+    torch.manual_seed(0)
+    f = Fusion(config(audio_projector="ctc_mlp", audio_vocab=3, audio_stack=1, mlp_hidden=16))
+    table = torch.randn(5000, 32)
+    f.audio_vocab_ids.copy_(torch.tensor([7, 2049, 4093]))  # 2049 is not exact in fp16: stored as int
+    with pytest.raises(RuntimeError, match="use_vocabulary"):
+        f.audio_tokens(torch.randn(1, 4, 16))
+    f.use_vocabulary(lambda ids: table[ids])
+    v0, v1, v2 = (table[i] for i in (7, 2049, 4093))
+    blank = f.audio_blank.detach()
+    # clip 1 reads: v0 v0 blank v1 blank v1 v2 (+ one padding stack); clip 2 only blanks
+    stacks = torch.stack([torch.stack([v0, 1.1 * v0, blank, v1, blank, v1, v2, v0]),
+                          torch.stack([blank] * 8)])
+    mask = torch.tensor([[1.0] * 7 + [0.0], [1.0] * 3 + [0.0] * 5])
+    group, live = f._collapse(stacks, mask)
+    assert live.tolist() == [[1, 1, 1, 1], [0, 0, 0, 0]]
+    expected = [(v0 + 1.1 * v0) / 2, v1, v1, v2]
+    for row, want in zip(group[0], expected):
+        assert torch.nn.functional.cosine_similarity(row, want, dim=0) > 0.999
+    merged_rms = torch.stack([v0, 1.1 * v0]).pow(2).mean().sqrt()
+    assert torch.isclose(group[0, 0].pow(2).mean().sqrt(), merged_rms)  # a merged run keeps its RMS
+    assert not group[1].any()
+
+    tokens = f.audio_tokens(torch.randn(2, 40, 16), torch.tensor([40, 9]))
+    counts = (tokens[:, :-1].abs().amax(-1) > 0).sum(1)
+    heard = f.heard(torch.randn(2, 40, 16), torch.tensor([40, 9]))
+    assert all(set(ids) <= {7, 2049, 4093} for ids in heard)
+    # The summary token is the mean of the live tokens.
+    for row, n in zip(tokens, counts):
+        if n:
+            assert torch.allclose(row[-1], row[:n].mean(0), atol=1e-6)
+
+    fusion.save(f, tmp_path)
+    loaded = fusion.load(tmp_path, llm="toy-llm", hidden_size=32, embed=lambda ids: table[ids])
+    assert loaded.audio_vocab_ids.tolist() == [7, 2049, 4093]
+    frames = torch.randn(1, 30, 16)
+    assert loaded.heard(frames) == f.heard(frames)
+    with pytest.raises(ValueError, match="audio projector"):
+        Fusion(config(image_projector="ctc_mlp"))
+
+
+def test_a_voice_message_adds_one_token_per_word_heard_and_nothing_when_none_is():
+    """The chat's audio path with a ``ctc_mlp`` checkpoint: the collapsed tokens plus the summary,
+    and no audio group at all (only the transcript text) when every stack reads as blank."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from mmchat.llm import MEDIA_PLACEHOLDER
+    from mmchat.media import MediaEncoder
+
+    torch.manual_seed(0)
+    f = Fusion(config(audio_projector="ctc_mlp", audio_vocab=3, audio_stack=4, mlp_hidden=16))
+    f.audio_vocab_ids.copy_(torch.tensor([1, 2, 3]))
+    f.use_vocabulary(lambda ids: torch.randn(10, 32)[ids])
+    engine = SimpleNamespace(whisper=SimpleNamespace(encode=lambda audio: torch.randn(40, 16)),
+                             llm=SimpleNamespace(dtype=torch.bfloat16))
+    media = MediaEncoder(engine, fusion=f, audio_fusion=True)
+    speech = np.zeros(16000, dtype=np.float32)
+
+    f._read = lambda stacks, mask: torch.tensor([[0, 0, 3, 1, 1, 1, 3, 0, 2, 2]])  # 3 is blank
+    part = media.audio(speech, transcript="x")
+    assert part.text == f"<audio>{MEDIA_PLACEHOLDER}</audio>"
+    assert part.tensors[0].shape == (5, 32) and part.tensors[0].dtype == torch.bfloat16  # 4 runs + summary
+    f._read = lambda stacks, mask: torch.full(mask.shape, 3)
+    assert media.audio(speech, transcript="x").text == ""

@@ -23,7 +23,7 @@ def shipped(engine):
     assert find_checkpoint(llm.name) == directory, "the shipped checkpoint is what chat uses"
     return fusion.load(directory, llm=llm.name, hidden_size=llm.hidden_size,
                        image_fingerprint=engine.image_encoder.fingerprint,
-                       audio_fingerprint=engine.whisper.fingerprint)
+                       audio_fingerprint=engine.whisper.fingerprint, embed=llm.embed)
 
 
 @pytest.fixture(scope="module")
