@@ -11,5 +11,5 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # transcript in the LLM's input embeddings (alignment steps, no LLM forward pass); no answer-loss
 # steps (--steps 0): on this CPU they cost 6-7 s each and undid part of the alignment.
 exec "${MMCHAT_VENV:-$root/.venv}/bin/mmchat" train-fusion --seed 1 --images 8000 --speech 1200 \
-    --image-projector slots_mlp --audio-projector slots_mlp --align-steps 4500 --steps 0 \
+    --image-projector slots_mlp --audio-projector ctc_mlp --align-steps 4500 --steps 0 \
     --eval-limit 20 --no-resume --out "$root/assets/fusion/qwen2.5-coder-0.5b-instruct" "$@"
