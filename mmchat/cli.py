@@ -115,24 +115,25 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--data", type=Path, metavar="DIR", help="your own samples.jsonl dataset (default: generated)")
     train.add_argument("--heldout", type=Path, metavar="DIR", help="held-out dataset for the evaluation")
     train.add_argument("--out", type=Path, metavar="DIR", help="checkpoint folder (default: your data folder)")
-    train.add_argument("--steps", type=int, help="optimizer steps (default 300)")
+    train.add_argument("--steps", type=int, help="answer-loss steps after the alignment (default 0)")
     train.add_argument("--batch-size", type=int, help="examples per step (default 8)")
     train.add_argument("--lr", type=float, help="peak learning rate (default 5e-3)")
     train.add_argument("--align-steps", type=int,
-                       help="steps pulling media tokens towards their answer words first (default 600; 0: none)")
+                       help="alignment steps first, teaching media tokens to spell their caption or transcript "
+                            "in the LLM's embeddings (default 4500; 0: none)")
     train.add_argument("--image-projector", choices=PROJECTOR_NAMES,
                        help="per-cell tokens (mlp2x_gelu, linear) or whole-image tokens that learn to spell the "
-                            "caption first (slots_mlp, slots_attn); default mlp2x_gelu")
+                            "caption first (slots_mlp, slots_attn); default slots_mlp")
     train.add_argument("--audio-projector", choices=AUDIO_PROJECTOR_NAMES,
                        help="per-frame-stack tokens (mlp2x_gelu, linear), the same trained with CTC to spell the "
                             "transcript, blank stacks dropped (ctc_mlp), or whole-clip tokens that learn to spell "
-                            "the transcript first (slots_mlp, slots_attn)")
+                            "the transcript first (slots_mlp, slots_attn); default ctc_mlp")
     train.add_argument("--train", choices=("all", "weights"),
                        help="what the answer-loss steps train: the projectors and the per-modality weights "
                             "(all, default), or only the weights (the aligned projectors stay as they are)")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--images", type=int, default=2000, help="generated training images")
-    train.add_argument("--speech", type=int, default=600, help="generated training clips")
+    train.add_argument("--images", type=int, default=8000, help="generated training images")
+    train.add_argument("--speech", type=int, default=1200, help="generated training clips")
     train.add_argument("--no-resume", action="store_true", help="start afresh even if a saved state exists")
     train.add_argument("--eval-limit", type=int, default=40, help="held-out questions per kind (0: no eval)")
     train.set_defaults(func=_cmd_train_fusion)
@@ -449,7 +450,7 @@ def _cmd_eval_fusion(args) -> int:
     from mmchat.engine import Engine
     from mmchat.fusion_data import dataset_hash, validate_dataset
     from mmchat.fusion_eval import evaluate, format_report
-    from mmchat.fusion_train import DataConfig, build_examples, encode_features, prepare_data
+    from mmchat.fusion_train import DataConfig, build_examples, encode_features, prepare_heldout
     from mmchat.media import find_checkpoint
 
     engine = Engine(llm=args.model)
@@ -457,7 +458,7 @@ def _cmd_eval_fusion(args) -> int:
     directory = args.checkpoint or find_checkpoint(llm.name)
     if directory is None:
         raise MMChatError(f"No fusion checkpoint for {llm.name}.", hint="Train one with `mmchat train-fusion`.")
-    heldout = args.data or prepare_data(DataConfig())[1]
+    heldout = args.data or prepare_heldout(DataConfig())
     samples = validate_dataset(heldout)
     modalities = {s.modality for s in samples}
     image_encoder = engine.image_encoder if "image" in modalities else None

@@ -50,7 +50,11 @@ TRAINABLE = ("all", "weights")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 300
+    """The defaults are the recipe of the checkpoint shipped for the default LLM
+    (``scripts/train-fusion-asset.sh``), so training from the app or a bare ``mmchat train-fusion``
+    makes one as good: whole-image slots, CTC audio, alignment only."""
+
+    steps: int = 0  # answer-loss steps after the alignment (they cost 4-7 s each on 2 cores)
     batch_size: int = 8
     lr: float = 5e-3
     weight_decay: float = 0.01
@@ -58,13 +62,13 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 25  # steps between resumable saves
     audio_every: int = 3  # every n-th batch is an audio batch (when there is audio data)
-    image_projector: str = "mlp2x_gelu"
-    audio_projector: str = "mlp2x_gelu"
+    image_projector: str = "slots_mlp"
+    audio_projector: str = "ctc_mlp"
     image_grid: int = 4
     image_slots: int = 16  # tokens per image for a whole-image projector
     audio_cells: int = 32  # time cells and tokens per clip for a whole-clip audio projector
     audio_slots: int = 16
-    align_steps: int = 600  # vocabulary alignment before the answer loss (0: none)
+    align_steps: int = 4500  # alignment before the answer loss (0: none)
     align_batch_size: int = 64
     align_lr: float = 3e-3
     train: str = "all"  # what the answer loss trains: "all" (projectors and weights) or "weights" (wᵢ only)
@@ -544,8 +548,8 @@ def require_modalities(samples: Sequence) -> None:
 class DataConfig:
     """The generated dataset used when no ``--data`` is given (train and held-out splits)."""
 
-    train_images: int = 2000
-    train_speech: int = 600
+    train_images: int = 8000  # as shipped: with 2000 the slots projector memorised (assets/fusion/README.md)
+    train_speech: int = 1200
     heldout_images: int = 240
     heldout_speech: int = 120
     seed: int = 0
@@ -558,9 +562,16 @@ def prepare_data(config: DataConfig, *, root: Path | None = None) -> tuple[Path,
     root = root or paths.cache_dir() / "fusion-data" / f"seed{config.seed}"
     train = build_dataset(root, split="train", n_images=config.train_images, n_speech=config.train_speech,
                           seed=config.seed)
-    heldout = build_dataset(root, split="heldout", n_images=config.heldout_images,
-                            n_speech=config.heldout_speech, seed=config.seed)
-    return train, heldout
+    return train, prepare_heldout(config, root=root)
+
+
+def prepare_heldout(config: DataConfig, *, root: Path | None = None) -> Path:
+    """Build (or reuse) only the generated held-out split."""
+    from mmchat.fusion_data import build_dataset
+
+    root = root or paths.cache_dir() / "fusion-data" / f"seed{config.seed}"
+    return build_dataset(root, split="heldout", n_images=config.heldout_images, n_speech=config.heldout_speech,
+                         seed=config.seed)
 
 
 def _encoders_for(engine, samples) -> dict:
@@ -607,13 +618,15 @@ def train_fusion(engine, *, train_dir: Path, heldout_dir: Path | None, out: Path
         log.info("resuming fusion training at step %d", trainer.step)
     encode_s = time.monotonic() - started
     align_losses = []
+    # Progress counts alignment and answer-loss steps together (the callback may raise to stop).
+    total = config.align_steps + config.steps
     if trainer.step == 0 and config.align_steps:  # a resumed state is already aligned
-        # Reported as step 0 of the answer-loss steps: the progress callback also carries "stop".
-        aligned = (lambda done, total: progress(0, config.steps)) if progress else None
+        aligned = (lambda done, _: progress(done, total)) if progress else None
         align_losses = Aligner(llm, fusion, features, samples, config=config).run(config.align_steps,
                                                                                    progress=aligned)
     align_s = time.monotonic() - started - encode_s
-    trainer.train(state_dir=state_dir, progress=progress)
+    trainer.train(state_dir=state_dir,
+                  progress=(lambda done, _: progress(config.align_steps + done, total)) if progress else None)
     train_s = time.monotonic() - started - encode_s - align_s
     fusion.eval()
     report: dict = {"train": {"steps": trainer.step, "batch_size": config.batch_size, "encode_s": round(encode_s, 1),

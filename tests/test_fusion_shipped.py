@@ -84,3 +84,28 @@ def test_spoken_requests_are_answered_through_audio_tokens_alone(engine, shipped
     hits = sum(round(got["accuracy"] * got["n"]) for got in result.values())
     control = sum(round(got["no_media_accuracy"] * got["n"]) for got in result.values())
     assert hits >= control + 4 and hits >= 0.1 * n, (hits, control, n, result)
+
+
+def test_train_fusion_end_to_end_with_the_shipped_recipe(engine, tmp_path):
+    """`train-fusion`'s whole job on a tiny generated dataset, with the defaults (the shipped recipe,
+    shortened): progress counts alignment and answer-loss steps together, and the checkpoint it
+    writes loads with its CTC audio vocabulary and makes audio tokens."""
+    from mmchat.audio import load_audio
+    from mmchat.chat import SYSTEM_PROMPT
+    from mmchat.fusion_train import TrainConfig, train_fusion
+
+    data = build_dataset(tmp_path / "data", split="train", n_images=6, n_speech=4, seed=3)
+    config = TrainConfig(align_steps=6, steps=2, align_batch_size=4, batch_size=2, warmup_steps=1, seed=3)
+    assert (config.image_projector, config.audio_projector) == ("slots_mlp", "ctc_mlp")
+    seen = []
+    report = train_fusion(engine, train_dir=data, heldout_dir=None, out=tmp_path / "out", config=config,
+                          system_prompt=SYSTEM_PROMPT, resume=False, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(i, 8) for i in range(1, 9)]
+    assert report["train"]["steps"] == 2
+    llm = engine.llm
+    trained = fusion.load(tmp_path / "out", llm=llm.name, hidden_size=llm.hidden_size, embed=llm.embed)
+    spoken = [s for s in validate_dataset(data) if s.modality == "audio"]
+    assert trained.config.audio_vocab == len(trained.audio_vocab_ids) > 2048  # transcripts' tokens + negatives
+    assert set(trained.audio_vocab_ids.tolist()) >= set(llm.tokenizer(" " + spoken[0].transcript)["input_ids"])
+    frames = engine.whisper.encode(load_audio(spoken[0].path))
+    assert trained.audio_tokens(frames.unsqueeze(0)).shape[-1] == llm.hidden_size

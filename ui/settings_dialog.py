@@ -204,7 +204,8 @@ class SettingsDialog(QDialog):
         self.train_button = QPushButton("Train fusion now")
         self.train_button.setToolTip("Generate training data and train the image and voice projectors for the "
                                      "chat model (tens of minutes on a laptop CPU; progress in the status bar, "
-                                     "stoppable and resumable). Chatting waits while it runs.")
+                                     "stoppable; the generated data and encoded features are kept for the next "
+                                     "run). Chatting waits while it runs.")
         self.train_button.clicked.connect(self.train_requested)
         form.addRow("Training", self.train_button)
         return page
