@@ -50,6 +50,14 @@ class DemoLLM:
     def count_tokens(self, text: str) -> int:
         return len(text.split())  # words stand in for tokens (memory budgets in the prompt)
 
+    def embed(self, token_ids):
+        """Input embeddings of ``token_ids``: a fixed pseudo-random vector per id (what a ``ctc_mlp``
+        fusion checkpoint reads its stacks against)."""
+        import torch
+
+        return torch.stack([torch.randn(self.hidden_size, generator=torch.Generator().manual_seed(int(i))) * 0.02
+                            for i in token_ids.reshape(-1).tolist()]).reshape(*token_ids.shape, self.hidden_size)
+
     def stream(self, messages, *, config=None, media=(), stop: threading.Event | None = None):
         self.prompts.append(list(messages))
         self.configs.append(config)
