@@ -266,7 +266,7 @@ def audio_vocabulary(llm, samples: Sequence, *, seed: int) -> list[int]:
 
 
 def transcript_ids(llm, transcript: str) -> list[int]:
-    """A transcript's token ids as they would follow ``<audio>``."""
+    """A transcript's token ids as they would follow ``<audio>`` (a caption's, ``<image>``)."""
     return llm.tokenizer(f" {transcript.strip()}", add_special_tokens=False)["input_ids"]
 
 
@@ -301,7 +301,7 @@ CAPTION_PAD = "."  # what a whole-image token group says after its caption ends
 
 def caption_ids(llm, caption: str, slots: int) -> list[int]:
     """The caption's token ids as they would follow ``<image>``, cut or padded to ``slots``."""
-    ids = llm.tokenizer(f" {caption.strip()}", add_special_tokens=False)["input_ids"][:slots]
+    ids = transcript_ids(llm, caption)[:slots]
     pad = llm.tokenizer(CAPTION_PAD, add_special_tokens=False)["input_ids"][0]
     return ids + [pad] * (slots - len(ids))
 
@@ -559,7 +559,7 @@ def prepare_data(config: DataConfig, *, root: Path | None = None) -> tuple[Path,
     """Build (or reuse) the generated train and held-out splits in the user cache."""
     from mmchat.fusion_data import build_dataset
 
-    root = root or paths.cache_dir() / "fusion-data" / f"seed{config.seed}"
+    root = root or _data_root(config)
     train = build_dataset(root, split="train", n_images=config.train_images, n_speech=config.train_speech,
                           seed=config.seed)
     return train, prepare_heldout(config, root=root)
@@ -569,9 +569,12 @@ def prepare_heldout(config: DataConfig, *, root: Path | None = None) -> Path:
     """Build (or reuse) only the generated held-out split."""
     from mmchat.fusion_data import build_dataset
 
-    root = root or paths.cache_dir() / "fusion-data" / f"seed{config.seed}"
-    return build_dataset(root, split="heldout", n_images=config.heldout_images, n_speech=config.heldout_speech,
-                         seed=config.seed)
+    return build_dataset(root or _data_root(config), split="heldout", n_images=config.heldout_images,
+                         n_speech=config.heldout_speech, seed=config.seed)
+
+
+def _data_root(config: DataConfig) -> Path:
+    return paths.cache_dir() / "fusion-data" / f"seed{config.seed}"
 
 
 def _encoders_for(engine, samples) -> dict:
