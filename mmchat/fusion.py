@@ -3,7 +3,9 @@
 Each modality has a projector chosen by name (``linear``, ``mlp2x_gelu``; LLaVA's builder pattern)
 that maps encoder features to a group of tokens of the LLM's hidden size:
 
-* image: CLIP patch tokens (7×7 grid of 768-d) → average-pooled to a k×k grid → projector → k² tokens;
+* image: CLIP patch tokens (7×7 grid of 768-d), standardised per dimension by the training set's
+  statistics (``image_stats``) → average-pooled to a k×k grid (k = 7 keeps every patch) → projector
+  → k² tokens;
 * audio: Whisper encoder frames of the speech actually present → ``audio_stack`` consecutive frames
   concatenated → projector → one token per stack (capped at ``max_audio_tokens``); the ``ctc_mlp``
   projector's per-stack tokens are trained with CTC to spell the transcript in the LLM's input
@@ -27,7 +29,7 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +56,12 @@ class FusionConfig:
     image_fingerprint: str = ""  # sha256 of the encoder weights the projector was trained against
     image_dim: int = 768  # CLIP ViT-B/32 patch width
     image_grid: int = 4  # patches pooled from 7×7 to grid×grid cells
+    # Standardise each CLIP feature dimension by the training features' mean and std (buffers
+    # image_mean, image_std) before the projector. The seeded random-init CLIP's patch tokens share a
+    # large common part, which the per-token LayerNorm keeps: their mean over the training images has
+    # norm 34, a token's own deviation from it 9. Measured, an MLP probe reads the shape of a single
+    # drawn shape 95 % right after standardising, 81 % after the LayerNorm alone.
+    image_stats: bool = False
     image_projector: str = "mlp2x_gelu"
     image_slots: int = 16  # tokens a whole-image projector (``slots_*``) makes; per-cell ones make grid²
     audio_encoder: str = "whisper-base"
@@ -202,6 +210,9 @@ class Fusion(nn.Module):
         self.audio = _Branch(config.audio_projector, audio_in, config.hidden_size, config.embed_rms, config.mlp_hidden,
                              cells=config.audio_cells, slots=config.audio_slots)
         self.alpha = nn.Parameter(torch.zeros(len(MODALITIES)))
+        if config.image_stats:
+            self.register_buffer("image_mean", torch.zeros(config.image_dim))
+            self.register_buffer("image_std", torch.ones(config.image_dim))
         if config.image_projector in COLLAPSING_PROJECTORS:
             raise ValueError(f"{config.image_projector} is an audio projector")
         if config.audio_collapse:
@@ -219,6 +230,26 @@ class Fusion(nn.Module):
             with torch.no_grad():
                 self._vocab = F.normalize(embed(self.audio_vocab_ids).float(), dim=-1)
 
+    def fit_image_stats(self, patches: Sequence[torch.Tensor]) -> None:
+        """Set the standardisation of an ``image_stats`` config from training images' (49, image_dim)
+        patch tokens (at least one image)."""
+        if not self.config.image_stats:
+            raise ValueError("this fusion config does not standardise image features (image_stats=False)")
+        total = torch.zeros(self.config.image_dim, dtype=torch.float64)
+        square = torch.zeros_like(total)
+        n = 0
+        for p in patches:  # one image at a time: 8000 images' patches in fp32 would be 1.2 GB
+            p = p.double().reshape(-1, self.config.image_dim)
+            total += p.sum(0)
+            square += p.pow(2).sum(0)
+            n += len(p)
+        if not n:
+            raise ValueError("image statistics need at least one image")
+        mean = total / n
+        std = (square / n - mean.pow(2)).clamp(min=0).sqrt()
+        self.image_mean.copy_(mean.float())
+        self.image_std.copy_(std.float().clamp(min=1e-3))  # a constant dimension stays finite (and fp16-safe)
+
     def weights(self) -> dict[str, float]:
         w = torch.softmax(self.alpha.detach().float(), 0)
         return {m: round(float(w[i]), 4) for i, m in enumerate(MODALITIES)}
@@ -230,6 +261,8 @@ class Fusion(nn.Module):
     def image_tokens(self, patches: torch.Tensor) -> torch.Tensor:
         """(B, 49, image_dim) CLIP patch tokens → (B, group + 1, hidden): weighted group + summary
         (group: grid² per-cell tokens, or ``image_slots`` from a whole-image projector)."""
+        if self.config.image_stats:
+            patches = (patches - self.image_mean) / self.image_std
         b, n, d = patches.shape
         side = math.isqrt(n)
         grid = patches.transpose(1, 2).reshape(b, d, side, side)

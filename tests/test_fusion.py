@@ -111,6 +111,33 @@ def test_save_load_round_trip_and_refusals(tmp_path):
         fusion.load(tmp_path, llm="toy-llm", hidden_size=32)
 
 
+def test_image_features_are_standardised_by_the_training_statistics_and_kept_in_the_checkpoint(tmp_path):
+    torch.manual_seed(2)
+    train = [torch.randn(49, 24) * 3 + 5 for _ in range(20)]  # a large common part, as the random-init CLIP's
+    f = Fusion(config(image_stats=True)).eval()
+    f.fit_image_stats(train)
+    stacked = torch.stack(train).reshape(-1, 24)
+    assert torch.allclose(f.image_mean, stacked.mean(0), atol=1e-5)
+    assert torch.allclose(f.image_std, stacked.std(0, unbiased=False), atol=1e-4)
+
+    # The projector sees standardised features: shifting and scaling every image (and refitting) changes nothing.
+    g = Fusion(config(image_stats=True)).eval()
+    g.load_state_dict(f.state_dict())
+    g.fit_image_stats([t * 4 - 7 for t in train])
+    x = train[0].unsqueeze(0)
+    with torch.no_grad():
+        assert torch.allclose(g.image_tokens(x * 4 - 7), f.image_tokens(x), atol=1e-4)
+
+    fusion.save(f, tmp_path)
+    loaded = fusion.load(tmp_path, llm="toy-llm", hidden_size=32)
+    assert torch.allclose(loaded.image_mean, f.image_mean, rtol=1e-3)
+    assert torch.allclose(loaded.image_tokens(x), f.image_tokens(x), atol=2e-3)
+    with pytest.raises(ValueError, match="at least one image"):
+        f.fit_image_stats([])
+    with pytest.raises(ValueError, match="image_stats=False"):
+        Fusion(config()).fit_image_stats(train)
+
+
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(MMChatError, match="train-fusion"):
         fusion.load(tmp_path, llm="toy-llm", hidden_size=32)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from mmchat import fusion, paths
 from mmchat.fusion_data import build_dataset, dataset_hash, validate_dataset
@@ -111,3 +112,9 @@ def test_train_fusion_end_to_end_with_the_shipped_recipe(engine, tmp_path):
     assert set(trained.audio_vocab_ids.tolist()) >= set(llm.tokenizer(" " + spoken[0].transcript)["input_ids"])
     frames = engine.whisper.encode(load_audio(spoken[0].path))
     assert trained.audio_tokens(frames.unsqueeze(0)).shape[-1] == llm.hidden_size
+    # The image features are standardised by the training images' statistics, kept in the checkpoint.
+    from mmchat.images import load_image
+    patches = engine.image_encoder.encode([load_image(s.path) for s in validate_dataset(data)
+                                           if s.modality == "image"]).patches
+    assert trained.config.image_stats
+    assert torch.allclose(trained.image_mean, patches.reshape(-1, patches.shape[-1]).mean(0), rtol=1e-2, atol=1e-2)
