@@ -29,6 +29,26 @@ def test_the_cli_offers_every_projector():
     assert sorted(PROJECTOR_NAMES) == sorted(set(fusion.PROJECTORS) - fusion.COLLAPSING_PROJECTORS)
 
 
+def test_train_fusion_cli_passes_the_image_options(monkeypatch, tmp_path):
+    from mmchat import cli, engine, fusion_train
+
+    class NoModels:
+        def __init__(self, llm=None):
+            pass
+
+        def model_name(self, kind):
+            return "toy-llm"
+
+    given = {}
+    monkeypatch.setattr(engine, "Engine", NoModels)
+    monkeypatch.setattr(fusion_train, "train_fusion", lambda _engine, **kw: given.update(kw) or {})
+    argv = ["train-fusion", "--data", str(tmp_path), "--eval-limit", "0", "--out", str(tmp_path / "out")]
+    assert cli.main(argv) == 0
+    assert (given["config"].image_grid, given["config"].image_slots, given["config"].image_stats) == (4, 16, False)
+    assert cli.main([*argv, "--image-grid", "7", "--image-slots", "32", "--image-stats"]) == 0
+    assert (given["config"].image_grid, given["config"].image_slots, given["config"].image_stats) == (7, 32, True)
+
+
 def test_token_group_shapes_scale_and_weights():
     torch.manual_seed(0)
     f = Fusion(config())

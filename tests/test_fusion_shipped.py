@@ -98,7 +98,9 @@ def test_train_fusion_end_to_end_with_the_shipped_recipe(engine, tmp_path):
 
     data = build_dataset(tmp_path / "data", split="train", n_images=6, n_speech=4, seed=3)
     # 3 answer-loss steps: the third is an audio batch (gradients through the collapsed tokens)
-    config = TrainConfig(align_steps=6, steps=3, align_batch_size=4, batch_size=2, warmup_steps=1, seed=3)
+    # (plus standardised image features, not in the shipped recipe yet)
+    config = TrainConfig(align_steps=6, steps=3, align_batch_size=4, batch_size=2, warmup_steps=1, seed=3,
+                         image_stats=True)
     assert (config.image_projector, config.audio_projector) == ("slots_mlp", "ctc_mlp")
     seen = []
     report = train_fusion(engine, train_dir=data, heldout_dir=None, out=tmp_path / "out", config=config,
