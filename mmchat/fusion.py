@@ -3,9 +3,9 @@
 Each modality has a projector chosen by name (``linear``, ``mlp2x_gelu``; LLaVA's builder pattern)
 that maps encoder features to a group of tokens of the LLM's hidden size:
 
-* image: CLIP patch tokens (7×7 grid of 768-d), standardised per dimension by the training set's
-  statistics (``image_stats``) → average-pooled to a k×k grid (k = 7 keeps every patch) → projector
-  → k² tokens;
+* image: CLIP patch tokens (7×7 grid of 768-d), optionally standardised per dimension by the
+  training set's statistics (``image_stats``) → average-pooled to a k×k grid (k = 7 keeps every
+  patch) → projector → k² tokens;
 * audio: Whisper encoder frames of the speech actually present → ``audio_stack`` consecutive frames
   concatenated → projector → one token per stack (capped at ``max_audio_tokens``); the ``ctc_mlp``
   projector's per-stack tokens are trained with CTC to spell the transcript in the LLM's input
