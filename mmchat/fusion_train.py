@@ -39,6 +39,7 @@ from mmchat import fusion as fusion_mod
 from mmchat import paths
 from mmchat.context import MEDIA_PLACEHOLDER
 from mmchat.errors import MMChatError
+from mmchat.llm import cache_of, with_cache
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ class _Batcher:
             ids, _ = self.split(modality, "x")
             with torch.no_grad():
                 out = self.llm.model(input_ids=torch.tensor([ids]), use_cache=True)
-            kv = [(layer[0], layer[1]) for layer in out.past_key_values]
+            kv = [(layer[0], layer[1]) for layer in cache_of(out)]
             self._prefix[modality] = (ids, kv)
         return self._prefix[modality]
 
@@ -231,7 +232,7 @@ def answer_loss(llm, batcher: _Batcher, media: torch.Tensor, media_mask: torch.T
     attention = torch.cat([torch.ones(b, p), mask], dim=1).long()
     positions = (p + mask.cumsum(1) - 1).clamp(min=p).long()
     hidden = llm.model.model(inputs_embeds=embeds, attention_mask=attention, position_ids=positions,
-                             past_key_values=cache, use_cache=True).last_hidden_state
+                             **with_cache(llm.model.model, cache), use_cache=True).last_hidden_state
     where = labels != IGNORE
     logits = llm.model.lm_head(hidden[where]).float()
     return torch.nn.functional.cross_entropy(logits, labels[where])

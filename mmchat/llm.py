@@ -1,6 +1,6 @@
 """The LLM runtime: load a registry model, stream chat replies, splice media embeddings.
 
-Generation runs our own decoding loop over ``model(inputs_embeds=..., past_key_values=...)`` so that
+Generation runs our own decoding loop over ``model(inputs_embeds=..., cache=...)`` so that
 media rows (already projected into the LLM's embedding space) can sit between text tokens, the
 KV cache of the previous call can be reused for the common prefix, and a Stop flag is checked
 every token. Text is detokenised incrementally and never yields a broken character.
@@ -8,7 +8,9 @@ every token. Text is detokenised incrementally and never yields a broken charact
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import logging
 import os
 import sys
@@ -46,6 +48,22 @@ PRECISION_ENV = "MMCHAT_LLM_PRECISION"  # overrides the default precision (fp16 
 # told to let sdpa group the heads itself: a 15-token turn over 7k cached positions then prefills in
 # 0.23 s instead of 0.71 s. Set before any forward pass; read by transformers at each call.
 os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
+
+
+def with_cache(model: nn.Module, cache) -> dict:
+    """The keyword argument that hands ``model`` its KV cache: ``cache`` from transformers 5.24, where
+    ``past_key_values`` is deprecated (removed in 5.40), and ``past_key_values`` before it."""
+    return {_cache_keyword(type(model)): cache}
+
+
+def cache_of(output):
+    """The KV cache in a model's output (``cache`` from transformers 5.24, ``past_key_values`` before)."""
+    return output["cache"] if "cache" in output else output.past_key_values
+
+
+@functools.cache
+def _cache_keyword(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 @dataclass(frozen=True)
@@ -323,7 +341,8 @@ class LLM:
             if stop is not None and stop.is_set():
                 return None
             chunk = embeds[begin:begin + PREFILL_CHUNK_TOKENS]
-            out = self.model(inputs_embeds=chunk[None], past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = self.model(inputs_embeds=chunk[None], **with_cache(self.model, cache), use_cache=True,
+                             logits_to_keep=1)
             keys.extend(prompt.keys[len(keys):len(keys) + len(chunk)])
             logits = out.logits[0, -1].float()
         return logits
@@ -344,7 +363,7 @@ class LLM:
     def _forward_token(self, cache, token: int) -> torch.Tensor:
         if self._step is not None:
             return self._step(cache, token)
-        out = self.model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True)
+        out = self.model(input_ids=torch.tensor([[token]]), **with_cache(self.model, cache), use_cache=True)
         return out.logits[0, -1].float()
 
 

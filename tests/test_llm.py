@@ -15,7 +15,7 @@ import torch
 
 from mmchat import paths, quant
 from mmchat.errors import MMChatError
-from mmchat.llm import LLM, MEDIA_PLACEHOLDER, GenerationConfig, _Detokenizer
+from mmchat.llm import LLM, MEDIA_PLACEHOLDER, GenerationConfig, _Detokenizer, with_cache
 
 GREEDY = GenerationConfig(temperature=0, max_new_tokens=24)
 FRANCE = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
@@ -25,6 +25,28 @@ FRANCE = [{"role": "user", "content": "What is the capital of France? Answer in 
 def llm():
     return LLM.load()
 
+
+
+def test_the_kv_cache_is_passed_and_read_under_the_name_this_transformers_uses():
+    import dataclasses
+
+    from torch import nn
+    from transformers.modeling_outputs import BaseModelOutputWithPast
+
+    from mmchat.llm import cache_of
+
+    class Before(nn.Module):  # transformers < 5.24
+        def forward(self, input_ids=None, past_key_values=None, use_cache=None):
+            return past_key_values
+
+    class Since(nn.Module):  # transformers ≥ 5.24 (past_key_values deprecated)
+        def forward(self, input_ids=None, cache=None, use_cache=None):
+            return cache
+
+    for model in (Before(), Since()):
+        assert model(**with_cache(model, "kv")) == "kv"
+    field = next(f.name for f in dataclasses.fields(BaseModelOutputWithPast) if f.name in ("cache", "past_key_values"))
+    assert cache_of(BaseModelOutputWithPast(last_hidden_state=torch.zeros(1), **{field: "kv"})) == "kv"
 
 def test_loaded_model_attributes(llm):
     assert llm.name == "qwen2.5-coder-0.5b-instruct"
@@ -80,11 +102,11 @@ def test_lean_decode_step_gives_transformers_logits_bit_for_bit(name, cache_kind
               DynamicCache(config=model.model.config)]
     with torch.inference_mode():
         for cache in caches:
-            model.model(input_ids=ids[None], past_key_values=cache, use_cache=True)
+            model.model(input_ids=ids[None], **with_cache(model.model, cache), use_cache=True)
         token = int(ids[-1])
         for _ in range(12):
             ours = model._step(caches[0], token)
-            theirs = model.model(input_ids=torch.tensor([[token]]), past_key_values=caches[1],
+            theirs = model.model(input_ids=torch.tensor([[token]]), **with_cache(model.model, caches[1]),
                                  use_cache=True).logits[0, -1].float()
             assert torch.equal(ours, theirs)
             token = int(ours.argmax())
@@ -103,15 +125,15 @@ def test_growing_cache_gives_transformers_logits_bit_for_bit(llm):
     first, second = llm.encode("Name three rivers in Europe:"), llm.encode(" the Danube, the Rhine")
     with torch.inference_mode():
         for cache in (ours, theirs):
-            llm.model(input_ids=first[None], past_key_values=cache, use_cache=True)
+            llm.model(input_ids=first[None], **with_cache(llm.model, cache), use_cache=True)
             cache.crop(-3)
-        got, want = (llm.model(input_ids=second[None], past_key_values=cache, use_cache=True).logits[0, -1].float()
-                     for cache in (ours, theirs))
+        got, want = (llm.model(input_ids=second[None], **with_cache(llm.model, cache),
+                               use_cache=True).logits[0, -1].float() for cache in (ours, theirs))
         assert torch.equal(got, want)
         token, pointer = int(got.argmax()), ours.layers[0].keys.data_ptr()
         for _ in range(6):
             got = llm._step(ours, token)
-            want = llm.model(input_ids=torch.tensor([[token]]), past_key_values=theirs,
+            want = llm.model(input_ids=torch.tensor([[token]]), **with_cache(llm.model, theirs),
                              use_cache=True).logits[0, -1].float()
             assert torch.equal(got, want)
             token = int(got.argmax())
@@ -139,13 +161,13 @@ def test_lean_decode_step_on_a_long_cache_matches_transformers(llm, monkeypatch)
     ours, theirs = new_cache(llm.model.config), DynamicCache(config=llm.model.config)
     with torch.inference_mode():
         for cache in (ours, theirs):
-            llm.model(input_ids=ids[None], past_key_values=cache, use_cache=True)
+            llm.model(input_ids=ids[None], **with_cache(llm.model, cache), use_cache=True)
         python = copy.deepcopy(theirs)
         token = int(ids[-1])
         for _ in range(4):
             got = llm._step(ours, token)
             assert torch.equal(llm._step(python, token), got)
-            want = llm.model(input_ids=torch.tensor([[token]]), past_key_values=theirs,
+            want = llm.model(input_ids=torch.tensor([[token]]), **with_cache(llm.model, theirs),
                              use_cache=True).logits[0, -1].float()
             assert (got - want).abs().max() < 1e-3 * want.abs().max()
             assert int(got.argmax()) == int(want.argmax())
