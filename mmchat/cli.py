@@ -129,10 +129,11 @@ def _parser() -> argparse.ArgumentParser:
                             "transcript, blank stacks dropped (ctc_mlp), or whole-clip tokens that learn to spell "
                             "the transcript first (slots_mlp, slots_attn); default ctc_mlp")
     train.add_argument("--image-grid", type=int, choices=range(1, 8), metavar="K",
-                       help="CLIP's 7×7 patches average-pooled to K×K cells (default 4; 7 keeps every patch)")
-    train.add_argument("--image-slots", type=int, help="tokens per image of a whole-image projector (default 16)")
-    train.add_argument("--image-stats", action="store_true",
-                       help="standardise CLIP features by the training images' per-dimension mean and std")
+                       help="CLIP's 7×7 patches average-pooled to K×K cells (default 7: every patch)")
+    train.add_argument("--image-slots", type=int, help="tokens per image of a whole-image projector (default 32)")
+    train.add_argument("--image-stats", action=argparse.BooleanOptionalAction,
+                       help="standardise CLIP features by the training images' per-dimension mean and std "
+                            "(default on)")
     train.add_argument("--train", choices=("all", "weights"),
                        help="what the answer-loss steps train: the projectors and the per-modality weights "
                             "(all, default), or only the weights (the aligned projectors stay as they are)")
@@ -440,7 +441,7 @@ def _cmd_train_fusion(args) -> int:
     out = args.out or checkpoint_dirs(engine.model_name("llm"))[0]
     given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "align_steps": args.align_steps,
              "image_projector": args.image_projector, "audio_projector": args.audio_projector, "train": args.train,
-             "image_grid": args.image_grid, "image_slots": args.image_slots, "image_stats": args.image_stats or None}
+             "image_grid": args.image_grid, "image_slots": args.image_slots, "image_stats": args.image_stats}
     config = TrainConfig(seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     report = train_fusion(engine, train_dir=train_dir, heldout_dir=heldout_dir, out=out, config=config,
                           system_prompt=SYSTEM_PROMPT, resume=not args.no_resume, eval_limit=args.eval_limit)

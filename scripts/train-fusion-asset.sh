@@ -7,10 +7,12 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$root/scripts/setup-venv.sh"
-# These are train-fusion's defaults, spelled out. Each image becomes 16 tokens (slots_mlp) trained to
-# spell its caption in the LLM's input embeddings; each clip one token per word piece heard (ctc_mlp,
-# CTC on 80 ms stacks of Whisper frames). Alignment steps only, no LLM forward pass; no answer-loss
-# steps (--steps 0): on this CPU they cost 6-7 s each and undid part of the alignment.
+# These are train-fusion's defaults, spelled out. Each image becomes 32 tokens (slots_mlp over all 7×7
+# CLIP patches, standardised) trained to spell its caption in the LLM's input embeddings; each clip one
+# token per word piece heard (ctc_mlp, CTC on 80 ms stacks of Whisper frames). Alignment steps only, no
+# LLM forward pass; no answer-loss steps (--steps 0): on this CPU they cost 6-7 s each and undid part
+# of the alignment.
 exec "${MMCHAT_VENV:-$root/.venv}/bin/mmchat" train-fusion --seed 1 --images 8000 --speech 1200 \
-    --image-projector slots_mlp --audio-projector ctc_mlp --align-steps 4500 --steps 0 \
+    --image-projector slots_mlp --audio-projector ctc_mlp --image-grid 7 --image-slots 32 --image-stats \
+    --align-steps 4500 --steps 0 \
     --eval-limit 20 --no-resume --out "$root/assets/fusion/qwen2.5-coder-0.5b-instruct" "$@"

@@ -44,9 +44,9 @@ def test_train_fusion_cli_passes_the_image_options(monkeypatch, tmp_path):
     monkeypatch.setattr(fusion_train, "train_fusion", lambda _engine, **kw: given.update(kw) or {})
     argv = ["train-fusion", "--data", str(tmp_path), "--eval-limit", "0", "--out", str(tmp_path / "out")]
     assert cli.main(argv) == 0
-    assert (given["config"].image_grid, given["config"].image_slots, given["config"].image_stats) == (4, 16, False)
-    assert cli.main([*argv, "--image-grid", "7", "--image-slots", "32", "--image-stats"]) == 0
     assert (given["config"].image_grid, given["config"].image_slots, given["config"].image_stats) == (7, 32, True)
+    assert cli.main([*argv, "--image-grid", "4", "--image-slots", "16", "--no-image-stats"]) == 0
+    assert (given["config"].image_grid, given["config"].image_slots, given["config"].image_stats) == (4, 16, False)
 
 
 def test_token_group_shapes_scale_and_weights():
@@ -67,6 +67,23 @@ def test_token_group_shapes_scale_and_weights():
     assert f.weights()["image"] > 0.85
     # A larger image weight scales the image group up.
     assert f.image_tokens(torch.randn(3, 49, 24))[:, :-1].pow(2).mean().sqrt() > 0.08
+
+
+def test_a_seeded_fusion_starts_each_branch_from_its_own_seed():
+    def audio_start(**image_shape):
+        return {k: v for k, v in Fusion(config(audio_projector="ctc_mlp", audio_vocab=3, **image_shape),
+                                        seed=5).state_dict().items() if k.startswith("audio")}
+
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
+    small, large = audio_start(image_grid=2, image_slots=4), audio_start(image_grid=7, image_projector="slots_mlp")
+    assert torch.equal(torch.random.get_rng_state(), before)  # the global generator is left as it was
+    assert small.keys() == large.keys() and "audio_blank" in small
+    assert all(torch.equal(small[k], large[k]) for k in small)  # the image branch's shape does not move audio's
+    again, other = Fusion(config(), seed=5), Fusion(config(), seed=6)
+    assert torch.equal(Fusion(config(), seed=5).image.proj[0].weight, again.image.proj[0].weight)
+    assert not torch.equal(other.image.proj[0].weight, again.image.proj[0].weight)
+    assert not torch.equal(again.image.proj[0].weight[:, :16], again.audio.proj[0].weight[:, :16])
 
 
 def test_whole_image_projector_makes_slot_tokens_from_every_cell():

@@ -98,10 +98,8 @@ def test_train_fusion_end_to_end_with_the_shipped_recipe(engine, tmp_path):
 
     data = build_dataset(tmp_path / "data", split="train", n_images=6, n_speech=4, seed=3)
     # 3 answer-loss steps: the third is an audio batch (gradients through the collapsed tokens)
-    # (plus standardised image features, not in the shipped recipe yet)
-    config = TrainConfig(align_steps=6, steps=3, align_batch_size=4, batch_size=2, warmup_steps=1, seed=3,
-                         image_stats=True)
-    assert (config.image_projector, config.audio_projector) == ("slots_mlp", "ctc_mlp")
+    config = TrainConfig(align_steps=6, steps=3, align_batch_size=4, batch_size=2, warmup_steps=1, seed=3)
+    assert (config.image_projector, config.audio_projector, config.image_stats) == ("slots_mlp", "ctc_mlp", True)
     seen = []
     report = train_fusion(engine, train_dir=data, heldout_dir=None, out=tmp_path / "out", config=config,
                           system_prompt=SYSTEM_PROMPT, resume=False, progress=lambda done, total: seen.append((done, total)))

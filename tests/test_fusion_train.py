@@ -167,6 +167,17 @@ def test_alignment_pulls_media_tokens_to_their_answer_words(llm):
     assert seen == [(1, 10), (2, 10), (3, 10)]
 
 
+def assert_bf16_loss_matches_fp32(aligner, modality):
+    """The alignment runs under bf16 autocast (TrainConfig.align_bf16): its loss is still an fp32
+    number within 2 % of the fp32 one."""
+    batch = aligner.by_modality[modality][:8]
+    with torch.no_grad():
+        fp32 = aligner.loss(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = aligner.loss(batch)
+    assert bf16.dtype == torch.float32 and abs(bf16 - fp32) < 0.02 * fp32, (float(bf16), float(fp32))
+
+
 def test_whole_image_alignment_spells_the_caption(llm):
     """A ``slots_mlp`` group is taught to read, token by token, as its image's caption."""
     from pathlib import Path
@@ -197,6 +208,7 @@ def test_whole_image_alignment_spells_the_caption(llm):
 
     truth = [llm.tokenizer.decode(caption_ids(llm, s.caption, 5)) for s in samples]
     assert sum(a == b for a, b in zip(spelt(), truth)) == 0
+    assert_bf16_loss_matches_fp32(Aligner(llm, fusion, features, samples, config=TrainConfig()), "image")
     aligner = Aligner(llm, fusion, features, samples, config=TrainConfig(align_batch_size=8, align_lr=1e-2))
     losses_seen = aligner.run(80)
     assert losses_seen[-1] < 0.3 * losses_seen[0]
@@ -249,6 +261,9 @@ def test_ctc_alignment_reads_words_in_new_combinations(llm):
     fusion.use_vocabulary(llm.embed)
     aligner = Aligner(llm, fusion, features, samples, config=TrainConfig(align_batch_size=8, align_lr=3e-3))
     assert set(aligner.spoken) == set(features)  # every clip is taught by CTC, none by the word loss
+    assert [g["lr"] for g in aligner.optimizer.param_groups] == [TrainConfig().audio_align_lr]
+    plain = TrainConfig(audio_shift=False, audio_dropout=0.0)  # the same clips both times
+    assert_bf16_loss_matches_fp32(Aligner(llm, fusion, features, samples, config=plain), "audio")
     losses_seen = aligner.run(300)
     assert losses_seen[-1] < 0.1 * losses_seen[0]
 
