@@ -51,9 +51,9 @@ def test_colour_and_shape_answers_beat_no_image_and_chance(engine, shipped, held
     examples = [e for e in build_examples(samples) if e.kind in ("colour", "shape")]
     result = accuracy(engine.llm, shipped, features, examples, system_prompt="You are mmchat.",
                       limit_per_kind=30)["image"]
-    # Shape is the weak one (the random-init CLIP's features carry it poorly): measured on 50 seed-7
-    # questions, 62 % for the session-5 checkpoint and 54 % for this one, so its bar over chance is lower.
-    margin = {"colour": 0.25, "shape": 0.10}
+    # Measured on 50 other seed-7 questions each: colour 68 %, shape 72 % (the session-9 checkpoint, which
+    # read 4×4 cells of unstandardised features into 16 tokens: 68 % and 54 %, under a lower shape bar).
+    margin = {"colour": 0.25, "shape": 0.25}
     for kind, got in result.items():
         assert got["accuracy"] >= got["chance"] + margin[kind] and got["accuracy"] > got["no_media_accuracy"] + 0.25, (
             kind, got)
