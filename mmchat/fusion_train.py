@@ -76,8 +76,9 @@ class TrainConfig:
     align_steps: int = 4500  # alignment before the answer loss (0: none)
     align_batch_size: int = 64
     align_lr: float = 3e-3
-    # The audio branch's (CTC) learning rate: from one start, 3e-3 read held-out clips with a token
-    # error rate of 48 %, 1e-3 with 39 % (assets/fusion/README.md, session 11).
+    # The audio branch's alignment learning rate (align_lr is the image branch's). Measured with CTC from
+    # one start: 3e-3 read held-out clips with a token error rate of 48 %, 1e-3 with 39 %
+    # (assets/fusion/README.md, session 11).
     audio_align_lr: float = 1e-3
     align_cosine: bool = True  # the alignment's learning rate decays to 0 over align_steps (cosine)
     # Audio CTC alignment only: each step drops the first 0..audio_stack-1 frames of every clip (so
