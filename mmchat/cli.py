@@ -457,7 +457,7 @@ def _cmd_eval_fusion(args) -> int:
     from mmchat.engine import Engine
     from mmchat.fusion_data import dataset_hash, validate_dataset
     from mmchat.fusion_eval import evaluate, format_report
-    from mmchat.fusion_train import DataConfig, build_examples, encode_features, prepare_heldout
+    from mmchat.fusion_train import HEARD_KEY, DataConfig, build_examples, encode_features, prepare_heldout
     from mmchat.media import find_checkpoint
 
     engine = Engine(llm=args.model)
@@ -474,8 +474,9 @@ def _cmd_eval_fusion(args) -> int:
                         image_fingerprint=getattr(image_encoder, "fingerprint", None),
                         audio_fingerprint=getattr(whisper, "fingerprint", None), embed=llm.embed)
     features = encode_features(samples, image_encoder=image_encoder, whisper=whisper, data_hash=dataset_hash(heldout))
+    heard = fusion.read_meta(directory).metrics.get("train", {}).get(HEARD_KEY) if model.config.audio_collapse else None
     report = evaluate(llm, model, features, build_examples(samples), system_prompt=SYSTEM_PROMPT,
-                      limit_per_kind=args.limit)
+                      limit_per_kind=args.limit, heard=set(heard) if heard is not None else None)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 

@@ -65,10 +65,21 @@ def losses(llm, fusion, features, examples: Sequence[Example], *, system_prompt:
     return out
 
 
+def all_heard(llm, example: Example, heard: set[int]) -> bool:
+    """Whether every token of a clip's transcript was in some training transcript: a CTC read-out
+    can only spell tokens it was trained on, so a request with an unheard word (the generated
+    held-out split keeps some words to itself) cannot be read in full."""
+    from mmchat.fusion_train import transcript_ids
+
+    return bool(example.transcript) and all(t in heard for t in transcript_ids(llm, example.transcript))
+
+
 @torch.no_grad()
 def accuracy(llm, fusion, features, examples: Sequence[Example], *, system_prompt: str,
-             limit_per_kind: int = 60) -> dict:
-    """Greedy-reply accuracy per modality and kind, with media and without (control), plus chance."""
+             limit_per_kind: int = 60, heard: set[int] | None = None) -> dict:
+    """Greedy-reply accuracy per modality and kind, with media and without (control), plus chance.
+    With ``heard`` (token ids of the training transcripts), each audio kind also reports the same
+    for its requests whose every token was heard in training (``"heard"``)."""
     from mmchat.llm import GenerationConfig
 
     config = GenerationConfig(max_new_tokens=REPLY_TOKENS, temperature=0.0)
@@ -80,26 +91,35 @@ def accuracy(llm, fusion, features, examples: Sequence[Example], *, system_promp
     total = sum(len(v) for v in picked.values())
     with tqdm(total=total, desc="evaluating answers", unit="q", file=sys.stderr, disable=None, leave=False) as bar:
         for (modality, kind), items in sorted(picked.items()):
-            hits = control = 0
+            scores = []  # (heard, with media right, without media right) per question
             for e in items:
                 tokens, mask = media_tokens(fusion, features, [e])
                 rows = tokens[0][mask[0] > 0]
                 chat = [{"role": "system", "content": system_prompt},
                         {"role": "user", "content": user_turn(modality, e.question)}]
-                hits += is_correct(llm.generate(chat, config=config, media=[rows]), e.answer)
+                hit = is_correct(llm.generate(chat, config=config, media=[rows]), e.answer)
                 chat[1]["content"] = user_turn(modality, e.question, with_media=False)
-                control += is_correct(llm.generate(chat, config=config), e.answer)
+                control = is_correct(llm.generate(chat, config=config), e.answer)
+                scores.append((heard is not None and all_heard(llm, e, heard), hit, control))
                 bar.update(1)
             answers = {e.answer for e in items}
-            results.setdefault(modality, {})[kind] = {
-                "n": len(items), "accuracy": round(hits / len(items), 4),
-                "no_media_accuracy": round(control / len(items), 4),
-                "chance": round(1 / max(1, len(answers)), 4)}
+            row = results.setdefault(modality, {})[kind] = {
+                **_rates(scores), "chance": round(1 / max(1, len(answers)), 4)}
+            if heard is not None and modality == "audio":
+                row["heard"] = _rates([s for s in scores if s[0]])
     return results
 
 
+def _rates(scores: Sequence[tuple[bool, bool, bool]]) -> dict:
+    n = len(scores)
+    return {"n": n, "accuracy": round(sum(s[1] for s in scores) / max(1, n), 4),
+            "no_media_accuracy": round(sum(s[2] for s in scores) / max(1, n), 4)}
+
+
 def evaluate(llm, fusion, features, examples: Sequence[Example], *, system_prompt: str,
-             limit_per_kind: int = 60) -> dict:
+             limit_per_kind: int = 60, heard: set[int] | None = None) -> dict:
+    """The held-out report; ``heard`` (token ids of the training transcripts) adds, for audio, the
+    scores on requests whose every token was heard in training (see :func:`all_heard`)."""
     cfg = fusion.config
     token_counts = {"image": cfg.image_tokens,
                     "audio": cfg.audio_slots + 1 if cfg.whole("audio") else
@@ -117,28 +137,35 @@ def evaluate(llm, fusion, features, examples: Sequence[Example], *, system_promp
         "tokens_per_item": token_counts,
         "loss": losses(llm, fusion, features, examples, system_prompt=system_prompt),
         "accuracy": accuracy(llm, fusion, features, examples, system_prompt=system_prompt,
-                             limit_per_kind=limit_per_kind),
+                             limit_per_kind=limit_per_kind, heard=heard),
     }
     if cfg.audio_collapse:
-        report["audio_readout"] = readout(llm, fusion, features, examples)
+        report["audio_readout"] = readout(llm, fusion, features, examples, heard=heard)
     return report
 
 
-def readout(llm, fusion, features, examples: Sequence[Example]) -> dict:
+def readout(llm, fusion, features, examples: Sequence[Example], *, heard: set[int] | None = None) -> dict:
     """What a ``ctc_mlp`` projector reads from held-out clips, against their transcripts (the
-    answers of ``transcript`` questions): clips read exactly, and token error rate (edits / tokens)."""
+    answers of ``transcript`` questions): clips read exactly, and token error rate (edits / tokens).
+    With ``heard``, the same for the clips whose every token was heard in training (``"heard"``)."""
     from mmchat.fusion_train import _padded_frames, transcript_ids
 
     clips = [e for e in examples if e.modality == "audio" and e.kind == "transcript"]
-    exact = edits = total = 0
+    scores = []  # (every token heard, read exactly, edits, tokens) per clip
     for e in clips:
-        heard = fusion.heard(*_padded_frames(fusion, [features[e.sample_id].float()]))[0]
+        read = fusion.heard(*_padded_frames(fusion, [features[e.sample_id].float()]))[0]
         want = transcript_ids(llm, e.answer)
-        exact += heard == want
-        edits += _edit_distance(heard, want)
-        total += len(want)
-    return {"n": len(clips), "exact": round(exact / max(1, len(clips)), 4),
-            "token_error_rate": round(edits / max(1, total), 4)}
+        scores.append((heard is not None and all(t in heard for t in want), read == want,
+                       _edit_distance(read, want), len(want)))
+    out = _read_rates(scores)
+    if heard is not None:
+        out["heard"] = _read_rates([s for s in scores if s[0]])
+    return out
+
+
+def _read_rates(scores: Sequence[tuple[bool, bool, int, int]]) -> dict:
+    return {"n": len(scores), "exact": round(sum(s[1] for s in scores) / max(1, len(scores)), 4),
+            "token_error_rate": round(sum(s[2] for s in scores) / max(1, sum(s[3] for s in scores)), 4)}
 
 
 def _edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
@@ -160,8 +187,19 @@ def format_report(report: dict) -> str:
         for kind, v in kinds.items():
             lines.append(f"  {modality + ' ' + kind:20} {v['accuracy']:10.1%}   {v['no_media_accuracy']:8.1%}"
                          f"   {v['chance']:6.1%}  {v['n']:4}")
+    audio = report["accuracy"].get("audio", {})
+    if audio and all("heard" in v for v in audio.values()):
+        lines += ["", "audio requests whose every token was heard in training   with media   no media    n"]
+        for kind, v in audio.items():
+            h = v["heard"]
+            lines.append(f"  {kind:56} " + (f"{h['accuracy']:10.1%}   {h['no_media_accuracy']:8.1%}" if h["n"]
+                                             else f"{'-':>10}   {'-':>8}") + f"  {h['n']:4} of {v['n']}")
     if "audio_readout" in report:
         r = report["audio_readout"]
         lines += ["", f"audio read-out of {r['n']} transcribed clips: {r['exact']:.1%} exact, "
                       f"token error rate {r['token_error_rate']:.1%}"]
+        if r.get("heard", {}).get("n"):
+            h = r["heard"]
+            lines.append(f"  of the {h['n']} whose every token was heard in training: {h['exact']:.1%} exact, "
+                         f"token error rate {h['token_error_rate']:.1%}")
     return "\n".join(lines)

@@ -99,6 +99,7 @@ class Example:
     question: str
     answer: str
     kind: str
+    transcript: str = ""  # what an audio sample says (its transcript), when known
 
 
 def build_examples(samples: Sequence) -> list[Example]:
@@ -106,7 +107,7 @@ def build_examples(samples: Sequence) -> list[Example]:
     examples = []
     for s in samples:
         for qa in s.qa:
-            examples.append(Example(s.modality, s.id, qa.q, qa.a, qa.kind))
+            examples.append(Example(s.modality, s.id, qa.q, qa.a, qa.kind, s.transcript or ""))
         if s.modality == "image" and s.caption:
             examples.append(Example("image", s.id, "Describe the image in a few words.", s.caption, "caption"))
     return examples
@@ -277,10 +278,18 @@ def _padded_frames(fusion: fusion_mod.Fusion, feats: Sequence[torch.Tensor]) -> 
 def audio_vocabulary(llm, samples: Sequence, *, seed: int) -> list[int]:
     """The LLM token ids a collapsing audio projector reads stacks against: every token of the
     training transcripts, plus random other tokens for them to compete with."""
-    spoken = {i for s in samples if s.modality == "audio" and s.transcript for i in transcript_ids(llm, s.transcript)}
+    spoken = heard_tokens(llm, samples)
     generator = torch.Generator().manual_seed(seed)
     n_vocab = llm.model.get_input_embeddings().weight.shape[0]
     return sorted(spoken | set(torch.randperm(n_vocab, generator=generator)[:ALIGN_NEGATIVES].tolist()))
+
+
+HEARD_KEY = "heard_token_ids"  # in a checkpoint's metrics["train"]: every token of the training transcripts
+
+
+def heard_tokens(llm, samples: Sequence) -> set[int]:
+    """Token ids of the training transcripts: all a CTC read-out was ever trained to spell."""
+    return {i for s in samples if s.modality == "audio" and s.transcript for i in transcript_ids(llm, s.transcript)}
 
 
 def transcript_ids(llm, transcript: str) -> list[int]:
@@ -671,15 +680,19 @@ def train_fusion(engine, *, train_dir: Path, heldout_dir: Path | None, out: Path
                   progress=(lambda done, _: progress(config.align_steps + done, total)) if progress else None)
     train_s = time.monotonic() - started - encode_s - align_s
     fusion.eval()
+    # A CTC read-out spells only tokens it heard in training: keep them, so that eval-fusion can
+    # also score, on their own, the held-out requests made only of these tokens.
+    heard = heard_tokens(llm, samples) if fusion_config.audio_collapse else None
     report: dict = {"train": {"steps": trainer.step, "batch_size": config.batch_size, "encode_s": round(encode_s, 1),
                               "align_s": round(align_s, 1), "align_loss": [*align_losses[:2], *align_losses[-2:]],
                               "train_s": round(train_s, 1), "first_loss": trainer.losses[:5],
-                              "last_loss": trainer.losses[-5:], "samples": len(samples)}}
+                              "last_loss": trainer.losses[-5:], "samples": len(samples),
+                              **({HEARD_KEY: sorted(heard)} if heard is not None else {})}}
     if heldout_dir is not None:
         held = validate_dataset(heldout_dir)
         held_features = encode_features(held, data_hash=dataset_hash(heldout_dir), **_encoders_for(engine, held))
         report["heldout"] = evaluate(llm, fusion, held_features, build_examples(held), system_prompt=system_prompt,
-                                     limit_per_kind=eval_limit)
+                                     limit_per_kind=eval_limit, heard=heard)
     fusion_mod.save(fusion, out, data_hash=data_hash, metrics=report, trained_steps=trainer.step)
     (out / "eval.json").write_text(json.dumps(report, indent=2))
     return report

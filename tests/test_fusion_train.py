@@ -109,6 +109,43 @@ def test_examples_from_samples():
     assert [(e.modality, e.question, e.answer) for e in examples] == [
         ("image", "What colour?", "red"), ("image", "Describe the image in a few words.", "a red circle"),
         ("audio", "Answer in one word.", "five")]
+    assert [e.transcript for e in examples] == ["", "", "two plus three"]
+
+
+def test_audio_accuracy_splits_out_requests_made_of_heard_tokens(monkeypatch):
+    """With the training transcripts' tokens, each audio kind also reports its requests whose every
+    token was heard, and the report prints them."""
+    from mmchat import fusion_eval
+
+    class Tokenizer:  # one id per word
+        ids: dict[str, int] = {}
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [self.ids.setdefault(w, len(self.ids)) for w in text.split()]}
+
+    class FakeLLM:  # answers right with the audio tokens only when the request uses no unheard word
+        tokenizer = Tokenizer()
+
+        def generate(self, chat, config, media=None):
+            said = chat[1]["content"]
+            return "five" if media is not None and "fish" not in said else "no idea"
+
+    monkeypatch.setattr(fusion_eval, "media_tokens", lambda fusion, features, batch: (torch.ones(1, 2, 4),
+                                                                                      torch.ones(1, 2)))
+    monkeypatch.setattr(fusion_eval, "user_turn", lambda modality, q, with_media=True: q)
+    said = ["two plus three", "one plus four", "fish plus five"]
+    examples = [Example("audio", f"c{i}", t, "five", "arithmetic", t) for i, t in enumerate(said)]
+    heard = {i for t in said[:2] for i in Tokenizer()(f" {t}")["input_ids"]}
+    out = fusion_eval.accuracy(FakeLLM(), None, {}, examples, system_prompt="", heard=heard)["audio"]["arithmetic"]
+    assert out == {"n": 3, "accuracy": 0.6667, "no_media_accuracy": 0.0, "chance": 1.0,
+                   "heard": {"n": 2, "accuracy": 1.0, "no_media_accuracy": 0.0}}
+    assert "heard" not in fusion_eval.accuracy(FakeLLM(), None, {}, examples, system_prompt="")["audio"]["arithmetic"]
+    report = {"llm": "x", "weights": {}, "tokens_per_item": {}, "loss": {}, "accuracy": {"audio": {"arithmetic": out}},
+              "audio_readout": {"n": 3, "exact": 0.0, "token_error_rate": 0.5,
+                                "heard": {"n": 2, "exact": 0.5, "token_error_rate": 0.25}}}
+    text = fusion_eval.format_report(report)
+    assert "arithmetic" in text and "100.0%" in text and "2 of 3" in text
+    assert "of the 2 whose every token was heard in training: 50.0% exact, token error rate 25.0%" in text
 
 
 def test_is_correct_scoring():
@@ -228,7 +265,7 @@ def test_ctc_alignment_reads_words_in_new_combinations(llm):
     from pathlib import Path
 
     from mmchat.fusion_data.records import QA, Sample
-    from mmchat.fusion_train import Aligner, audio_vocabulary, transcript_ids
+    from mmchat.fusion_train import Aligner, audio_vocabulary, heard_tokens, transcript_ids
 
     words = ("one", "two", "three", "four")
     g = torch.Generator().manual_seed(0)
@@ -281,6 +318,11 @@ def test_ctc_alignment_reads_words_in_new_combinations(llm):
     heldout["wrong"] = clip(("three", "one"))  # its transcript below says "two one": one substitution
     examples = [Example("audio", k, "Write down what the speaker said.", " ".join(pair), "transcript")
                 for k, pair in said.items()]
-    assert readout(llm, fusion, heldout, examples) == {
-        "n": 4, "exact": 0.75, "token_error_rate": round(1 / sum(len(transcript_ids(llm, " ".join(p)))
-                                                                   for p in said.values()), 4)}
+    rates = {"n": 4, "exact": 0.75, "token_error_rate": round(1 / sum(len(transcript_ids(llm, " ".join(p)))
+                                                                      for p in said.values()), 4)}
+    assert readout(llm, fusion, heldout, examples) == rates
+    # "five" was never heard in training: the clip cannot be read right, and "heard" leaves it out
+    heldout["unheard"] = clip(("three", "one"))
+    examples.append(Example("audio", "unheard", "Write down what the speaker said.", "five one", "transcript"))
+    both = readout(llm, fusion, heldout, examples, heard=heard_tokens(llm, samples))
+    assert both["heard"] == rates and (both["n"], both["exact"]) == (5, 0.6)
