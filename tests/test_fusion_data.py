@@ -179,6 +179,34 @@ def test_colour_and_shape_questions_mostly_from_single_shapes():
     assert from_single / total > 0.6
 
 
+def test_captions_put_each_shape_where_a_fixed_token_budget_keeps_it():
+    """Colour and shape come straight after the article, and a group's shapes straight after
+    "N shapes:", so a 32-token spelling keeps all four shapes of the largest group (the background
+    goes last, where it may be cut)."""
+    config = ImageConfig()
+    seen = set()
+    for i in range(300):
+        scene = images.sample_scene(np.random.default_rng([6, i]), split="train", config=config)
+        if scene.word:
+            continue
+        text = images.caption(scene)
+        words = text.replace(",", "").split()
+        ordered = sorted(scene.shapes, key=lambda s: images.POSITIONS.index(s.position))
+        if len(scene.shapes) == 1:
+            s = ordered[0]
+            assert words[1:3] == [s.colour, s.shape], text
+        else:
+            assert words[:2] == [images.NUMBER_WORDS[len(scene.shapes)], "shapes:"], text
+            listed = text.split(": ", 1)[1].rsplit(", on ", 1)[0]
+            pairs = [p.split()[1:3] for p in listed.replace(" and ", ", ").split(", ")]
+            assert pairs == [[s.colour, s.shape] for s in ordered], text
+            assert text.endswith(f"on {images.BACKGROUND_PHRASES[scene.background]} background"), text
+            if len(scene.shapes) == 4:
+                assert len(text.split(", on ")[0].replace(",", " ,").split()) <= 31, text
+        seen.add(len(scene.shapes))
+    assert seen == {1, 2, 3, 4}
+
+
 # --- splits -----------------------------------------------------------------------------------
 
 def _scenes(split: str, n: int) -> list[images.Scene]:

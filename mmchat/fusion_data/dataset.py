@@ -36,7 +36,7 @@ from mmchat.fusion_data.speech import SpeechConfig, Synthesizer, espeak_path, wr
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1  # bump when the same arguments would generate different data
+FORMAT_VERSION = 2  # bump when the same arguments would generate different data (2: captions)
 SPLITS = {"train": 0, "heldout": 1}  # split -> code mixed into every seed
 IMAGE_STREAM, AUDIO_STREAM = 0, 1
 IMAGE_CHUNK = 250  # images per resumable unit of work

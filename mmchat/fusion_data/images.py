@@ -318,18 +318,21 @@ def _mask(shape: DrawnShape) -> Image.Image:
 # --- language ---------------------------------------------------------------------------------
 
 def caption(scene: Scene) -> str:
-    """One sentence describing the scene."""
+    """One sentence describing the scene, what matters first: a whole-image projector spells it into
+    a fixed number of tokens (32 as shipped), so the end may be cut. A shape's colour is always the
+    token after "a"/"an" and the shapes of a group follow "N shapes:" at the same place whatever the
+    background; a four-shape caption fits in 31 tokens (background cut), where with the background
+    first it took 36 and the last shape was cut."""
     bg = f"{BACKGROUND_PHRASES[scene.background]} background"
     if scene.word:
         return f'the word "{scene.word}" written on {bg}'
     if len(scene.shapes) == 1:
         s = scene.shapes[0]
-        size = "large " if s.extent >= 70 else "small " if s.extent <= 40 else ""
-        return f"{_a(size + s.colour)} {s.shape} {POSITION_PHRASES[s.position]} of {bg}"
+        return f"{_a(s.colour)} {s.shape} {POSITION_PHRASES[s.position]} of {bg}"
     parts = [f"{_a(s.colour)} {s.shape} {POSITION_PHRASES[s.position]}"
              for s in sorted(scene.shapes, key=lambda s: POSITIONS.index(s.position))]
     listed = ", ".join(parts[:-1]) + f" and {parts[-1]}"
-    return f"{NUMBER_WORDS[len(scene.shapes)]} shapes on {bg}: {listed}"
+    return f"{NUMBER_WORDS[len(scene.shapes)]} shapes: {listed}, on {bg}"
 
 
 def _a(words: str) -> str:
