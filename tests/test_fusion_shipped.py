@@ -51,12 +51,12 @@ def test_colour_and_shape_answers_beat_no_image_and_chance(engine, shipped, held
     examples = [e for e in build_examples(samples) if e.kind in ("colour", "shape")]
     result = accuracy(engine.llm, shipped, features, examples, system_prompt="You are mmchat.",
                       limit_per_kind=30)["image"]
-    # Measured on 50 other seed-7 questions each: colour 68 %, shape 72 % (the session-9 checkpoint, which
-    # read 4×4 cells of unstandardised features into 16 tokens: 68 % and 54 %, under a lower shape bar).
-    margin = {"colour": 0.25, "shape": 0.25}
+    # Measured on these 30 questions each: colour 90 %, shape 83 % (the session-11 checkpoint, trained on
+    # captions that cut a four-shape group: 70 % and 77 %); on 50 other seed-7 questions each, 90 % and 86 %.
+    # The issue aims at 80 %.
+    bar = {"colour": 0.8, "shape": 0.75}
     for kind, got in result.items():
-        assert got["accuracy"] >= got["chance"] + margin[kind] and got["accuracy"] > got["no_media_accuracy"] + 0.25, (
-            kind, got)
+        assert got["accuracy"] >= bar[kind] and got["accuracy"] > got["no_media_accuracy"] + 0.25, (kind, got)
 
 
 def test_cli_chat_once_answers_the_colour_through_image_tokens(heldout):
@@ -94,7 +94,7 @@ def test_train_fusion_end_to_end_with_the_shipped_recipe(engine, tmp_path):
     writes loads with its CTC audio vocabulary and makes audio tokens."""
     from mmchat.audio import load_audio
     from mmchat.chat import SYSTEM_PROMPT
-    from mmchat.fusion_train import TrainConfig, train_fusion
+    from mmchat.fusion_train import HEARD_KEY, TrainConfig, train_fusion
 
     data = build_dataset(tmp_path / "data", split="train", n_images=6, n_speech=4, seed=3)
     # 3 answer-loss steps: the third is an audio batch (gradients through the collapsed tokens)
@@ -110,6 +110,9 @@ def test_train_fusion_end_to_end_with_the_shipped_recipe(engine, tmp_path):
     spoken = [s for s in validate_dataset(data) if s.modality == "audio"]
     assert trained.config.audio_vocab == len(trained.audio_vocab_ids) > 2048  # transcripts' tokens + negatives
     assert set(trained.audio_vocab_ids.tolist()) >= set(llm.tokenizer(" " + spoken[0].transcript)["input_ids"])
+    # The tokens it heard in training are kept for eval-fusion (see fusion_eval.all_heard).
+    heard = sorted({i for s in spoken for i in llm.tokenizer(" " + s.transcript)["input_ids"]})
+    assert fusion.read_meta(tmp_path / "out").metrics["train"][HEARD_KEY] == report["train"][HEARD_KEY] == heard
     frames = engine.whisper.encode(load_audio(spoken[0].path))
     assert trained.audio_tokens(frames.unsqueeze(0)).shape[-1] == llm.hidden_size
     # The image features are standardised by the training images' statistics, kept in the checkpoint.
