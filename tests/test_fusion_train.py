@@ -1,6 +1,9 @@
 """Fusion training on the real (small) SmolLM2 with synthetic encoder features: the loss must fall,
 resuming must continue exactly, and the media tokens must matter to the answer."""
 
+import copy
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -259,6 +262,32 @@ def test_alignment_and_training_share_one_image_audio_schedule():
     assert {modality_for(step, {"image": [], "audio": [1]}, audio_every=3) for step in range(6)} == {"audio"}
 
 
+def test_augmented_clips_are_stretched_and_masked_from_their_own_generator():
+    from mmchat.fusion_train import AUDIO_FEATURE_MASK, AUDIO_TIME_MASK, augment_frames
+
+    clip = torch.rand(100, 512) + 1  # no zeros of its own
+    config = TrainConfig(audio_stretch=0.15, audio_time_masks=2, audio_feature_masks=2)
+    lengths, zeroed_frames, zeroed_dims = set(), [], []
+    for seed in range(40):
+        out = augment_frames(clip, config, torch.Generator().manual_seed(seed))
+        assert torch.equal(out, augment_frames(clip, config, torch.Generator().manual_seed(seed)))  # seeded
+        assert 85 <= len(out) <= 115 and out.shape[1] == 512
+        lengths.add(len(out))
+        zeroed_frames.append(int((out == 0).all(1).sum()))
+        zeroed_dims.append(int((out == 0).all(0).sum()))
+        assert (out == 0).sum() == (out == 0).all(1).sum() * 512 + (out == 0).all(0).sum() * len(out) \
+            - (out == 0).all(1).sum() * (out == 0).all(0).sum()  # zeros only in whole frames and bands
+    assert len(lengths) > 10 and min(lengths) < 95 and max(lengths) > 105  # speeds across the range
+    assert 0 < max(zeroed_frames) <= 2 * AUDIO_TIME_MASK and 0 < max(zeroed_dims) <= 2 * AUDIO_FEATURE_MASK
+    assert clip.min() >= 1  # the cached features are left alone
+    # Off, a clip comes back as it was (a copy), and nothing is drawn.
+    off = TrainConfig(audio_stretch=0.0, audio_time_masks=0, audio_feature_masks=0)
+    generator = torch.Generator().manual_seed(0)
+    state = generator.get_state()
+    out = augment_frames(clip, off, generator)
+    assert torch.equal(out, clip) and out is not clip and torch.equal(generator.get_state(), state)
+
+
 def test_ctc_alignment_reads_words_in_new_combinations(llm):
     """A ``ctc_mlp`` projector learns to read each word where it is spoken, so a clip saying words
     in an order never trained on is read right too (one MLP shared across time)."""
@@ -299,8 +328,18 @@ def test_ctc_alignment_reads_words_in_new_combinations(llm):
     aligner = Aligner(llm, fusion, features, samples, config=TrainConfig(align_batch_size=8, align_lr=3e-3))
     assert set(aligner.spoken) == set(features)  # every clip is taught by CTC, none by the word loss
     assert [g["lr"] for g in aligner.optimizer.param_groups] == [TrainConfig().audio_align_lr]
-    plain = TrainConfig(audio_shift=False, audio_dropout=0.0)  # the same clips both times
+    untouched = dict(audio_shift=False, audio_dropout=0.0, audio_stretch=0.0, audio_time_masks=0,
+                     audio_feature_masks=0)
+    plain = TrainConfig(**untouched)  # the same clips both times
     assert_bf16_loss_matches_fp32(Aligner(llm, fusion, features, samples, config=plain), "audio")
+    # What is done to the clips draws from a generator of its own: the batches drawn (in a whole run,
+    # the image batches too) are those of a run that does nothing to them.
+    states = []
+    for config in (replace(aligner.config, **untouched), aligner.config):
+        other = Aligner(llm, copy.deepcopy(fusion), features, samples, config=config)
+        other.run(3)
+        states.append(other.generator.get_state())
+    assert torch.equal(*states)
     losses_seen = aligner.run(300)
     assert losses_seen[-1] < 0.1 * losses_seen[0]
 
