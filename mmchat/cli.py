@@ -134,6 +134,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--image-stats", action=argparse.BooleanOptionalAction,
                        help="standardise CLIP features by the training images' per-dimension mean and std "
                             "(default on)")
+    train.add_argument("--audio-stretch", type=float, metavar="F",
+                       help="CTC alignment: resample each clip's Whisper frames in time by a factor within 1 ± F "
+                            "(default 0: off; see assets/fusion/README.md)")
+    train.add_argument("--audio-time-masks", type=int, metavar="N",
+                       help="CTC alignment: zero N spans of up to 4 frames of each clip (default 0)")
+    train.add_argument("--audio-feature-masks", type=int, metavar="N",
+                       help="CTC alignment: zero N bands of up to 48 feature dimensions of each clip (default 0)")
     train.add_argument("--train", choices=("all", "weights"),
                        help="what the answer-loss steps train: the projectors and the per-modality weights "
                             "(all, default), or only the weights (the aligned projectors stay as they are)")
@@ -441,7 +448,9 @@ def _cmd_train_fusion(args) -> int:
     out = args.out or checkpoint_dirs(engine.model_name("llm"))[0]
     given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "align_steps": args.align_steps,
              "image_projector": args.image_projector, "audio_projector": args.audio_projector, "train": args.train,
-             "image_grid": args.image_grid, "image_slots": args.image_slots, "image_stats": args.image_stats}
+             "image_grid": args.image_grid, "image_slots": args.image_slots, "image_stats": args.image_stats,
+             "audio_stretch": args.audio_stretch, "audio_time_masks": args.audio_time_masks,
+             "audio_feature_masks": args.audio_feature_masks}
     config = TrainConfig(seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     report = train_fusion(engine, train_dir=train_dir, heldout_dir=heldout_dir, out=out, config=config,
                           system_prompt=SYSTEM_PROMPT, resume=not args.no_resume, eval_limit=args.eval_limit)

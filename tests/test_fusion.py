@@ -29,7 +29,7 @@ def test_the_cli_offers_every_projector():
     assert sorted(PROJECTOR_NAMES) == sorted(set(fusion.PROJECTORS) - fusion.COLLAPSING_PROJECTORS)
 
 
-def test_train_fusion_cli_passes_the_image_options(monkeypatch, tmp_path):
+def test_train_fusion_cli_passes_the_image_and_audio_options(monkeypatch, tmp_path):
     from mmchat import cli, engine, fusion_train
 
     class NoModels:
@@ -47,6 +47,11 @@ def test_train_fusion_cli_passes_the_image_options(monkeypatch, tmp_path):
     assert (given["config"].image_grid, given["config"].image_slots, given["config"].image_stats) == (7, 32, True)
     assert cli.main([*argv, "--image-grid", "4", "--image-slots", "16", "--no-image-stats"]) == 0
     assert (given["config"].image_grid, given["config"].image_slots, given["config"].image_stats) == (4, 16, False)
+    augment = lambda: (given["config"].audio_stretch, given["config"].audio_time_masks,
+                       given["config"].audio_feature_masks)
+    assert augment() == (0.0, 0, 0)
+    assert cli.main([*argv, "--audio-stretch", "0.15", "--audio-time-masks", "2", "--audio-feature-masks", "3"]) == 0
+    assert augment() == (0.15, 2, 3)
 
 
 def test_token_group_shapes_scale_and_weights():
