@@ -2,9 +2,9 @@
 
 :meth:`ChatSession.send` takes the user's text, images and voice, writes the user message at once,
 streams the reply as :class:`ChatEvent` s and writes the reply when it ends (complete, stopped or
-failed). Media reach the LLM through a :class:`MediaEncoder`: with a matching fusion checkpoint as
-token groups in the LLM's embedding space; otherwise images are described in words (CLIP zero-shot
-labels) and voice is given as its transcript.
+failed). Media reach the LLM through a :class:`MediaEncoder`: each image as evidence in words (what
+the image encoder recognises, its colours, the text OCR reads) and, with a matching fusion
+checkpoint, token groups in the LLM's embedding space; voice as its transcript (and tokens).
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ class ChatSession:
         notes: list[str] = []
         image_index = 0
         for message in history:
-            parts = []
+            parts, afters = [], []
             for attachment in message.attachments:
                 if attachment.kind == "image":
                     image_index += 1
@@ -246,11 +246,15 @@ class ChatSession:
                     notes.append(part.note)
                 if part.text:
                     parts.append(part.text)
+                if part.after and part.after not in afters:
+                    afters.append(part.after)
                 tensors.extend(part.tensors)
             # A placeholder typed by the user is text, not a media slot.
             text = message.content.replace(MEDIA_PLACEHOLDER, MEDIA_PLACEHOLDER.replace("|>", " |>"))
             extra = (message.meta.get(MODEL_CONTEXT) or {}) if message.role == "user" else {}
             content = "\n".join([*parts, text]) if parts else text
+            if afters:
+                content = f"{content}\n\n{' '.join(afters)}"
             content = "\n\n".join(p for p in (extra.get("before", ""), content, extra.get("after", "")) if p)
             messages.append({"role": message.role, "content": content})
         return messages, tensors, notes

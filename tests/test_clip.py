@@ -18,8 +18,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from mmchat import download, quant, registry
-from mmchat.encoders import clip
-from mmchat.encoders.clip import (UNTRAINED, ImageEncoder, ImageFeatures, TransformersClipBackend,
+from mmchat.vision import clip
+from mmchat.vision.clip import (UNTRAINED, ImageEncoder, ImageFeatures, TransformersClipBackend,
                                   byte_level_clip_tokenizer, load_image_encoder)
 from mmchat.errors import MMChatError
 from mmchat.images import load_image
@@ -109,7 +109,7 @@ def test_text_tower_is_loaded_only_for_zero_shot(encoder):
 
 @pytest.mark.slow
 def test_fingerprint_is_identical_in_another_process(encoder):
-    code = ("from mmchat import registry; from mmchat.encoders.clip import TransformersClipBackend as B; "
+    code = ("from mmchat import registry; from mmchat.vision.clip import TransformersClipBackend as B; "
             "print(B.random_init(registry.get('clip-vit-b-32')).fingerprint)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.strip().splitlines()[-1] == encoder.fingerprint

@@ -28,8 +28,18 @@ def test_window_shows_before_anything_loads_and_lists_model_states(make_window):
     assert window.isVisible()
     assert "qwen2.5-coder-0.5b-instruct" in window.status.text_of("llm")
     assert "ready" in window.status.text_of("asr")
-    assert window.status.warning.isVisible() and "untrained" in window.status.warning.text()
+    assert "pretrained" in window.status.text_of("image") and not window.status.warning.isVisible()
     assert window.chat.empty.isVisible()
+
+
+def test_an_untrained_image_encoder_is_flagged_in_the_status_bar(make_window):
+    from mmchat.engine import SlotStatus
+
+    window = make_window()
+    window.status.update_status(SlotStatus("image", "clip-vit-b-32", "ready", "untrained"))
+    assert window.status.warning.isVisible() and "untrained" in window.status.warning.text()
+    window.status.update_status(SlotStatus("image", "efficientnet-lite0", "ready", "pretrained"))
+    assert not window.status.warning.isVisible()
 
 
 def test_status_bar_shows_loading_progress_and_errors(make_window):
@@ -238,9 +248,17 @@ def test_failure_before_anything_is_stored_gives_the_draft_back(qtbot, make_wind
 
 
 def test_notices_from_the_engine_appear_above_the_reply(qtbot, make_window, tmp_path):
+    """Here OCR fails (its package is broken): the turn goes on with the rest and says so."""
     from PIL import Image
 
-    window = make_window()
+    from mmchat.errors import MMChatError
+
+    class BrokenReader:
+        def read(self, image):
+            raise MMChatError("Text reading needs the rapidocr package, which does not import.")
+
+    llm = DemoLLM("A red square.")
+    window = make_window(DemoEngine(llm, text_reader=BrokenReader()))
     path = tmp_path / "red.png"
     Image.new("RGB", (32, 32), (255, 0, 0)).save(path)
     window.composer.add_paths([path])
@@ -249,8 +267,9 @@ def test_notices_from_the_engine_appear_above_the_reply(qtbot, make_window, tmp_
     wait_reply(qtbot, window)
     items = window.chat.items()
     notices = [w for w in items if isinstance(w, Notice)]
-    assert notices and "untrained" in notices[0].text()
+    assert notices and "reading text failed" in notices[0].text() and "rapidocr" in notices[0].text()
     assert items.index(notices[0]) < items.index(window.chat.last_reply())
+    assert window.chat.last_reply().text == "A red square." and "red" in llm.prompts[-1][-1]["content"]
 
 
 def test_conversations_new_switch_search_rename_delete_undo(qtbot, make_window):

@@ -67,7 +67,7 @@ def test_drop_a_file_on_the_window_then_send_it(qtbot, make_window, red_png):
     assert window.composer.images == [] and not window.composer.attachments.isVisible()
     user = [w for w in window.chat.messages() if isinstance(w, UserMessage)][0]
     assert len(user.thumbnails) == 1 and user.text == "What is this?"
-    assert "[Image 1" in llm.prompts[-1][-1]["content"]  # the image reached the prompt
+    assert "<image-data id=1>" in llm.prompts[-1][-1]["content"]  # the image's evidence reached the prompt
     stored = window.store.messages(window.controller.current.conversation_id)[0]
     assert [a.kind for a in stored.attachments] == ["image"]
     assert Image.open(io.BytesIO(stored.attachments[0].data)).size == (120, 80)

@@ -1,7 +1,7 @@
 """A scripted engine and a demo conversation: for ``mmchat app --screenshot`` and for fast UI tests.
 
 :class:`DemoEngine` has the shape of :class:`mmchat.engine.Engine` (``llm``, ``whisper``,
-``image_encoder``, status callbacks) but no model: its LLM streams a given reply word by word and
+``image_encoder``, ``text_reader``, status callbacks) but no model: its LLM streams a given reply word by word and
 honours ``stop`` per token like the real one. Nothing here imports torch.
 """
 
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from mmchat.engine import SlotStatus
 from mmchat.probe import Probe
 
-DEMO_MODELS = {"llm": "qwen2.5-coder-0.5b-instruct", "asr": "whisper-base", "image": "clip-vit-b-32"}
+DEMO_MODELS = {"llm": "qwen2.5-coder-0.5b-instruct", "asr": "whisper-base", "image": "efficientnet-lite0",
+               "ocr": "pp-ocrv6-small"}
 
 
 def _words(text: str) -> list[str]:
@@ -91,21 +92,37 @@ class DemoWhisper:
 
 
 class DemoImageEncoder:
-    trained = False
-    fingerprint = "demo-clip"
+    """Recognises nothing (no model): an image turn's evidence is its size and colours."""
 
-    def zero_shot(self, image, labels, **_kwargs):
-        return [(label, 1.0 / len(labels)) for label in labels]
+    name = DEMO_MODELS["image"]
+    backend = "demo"
+    trained = True
+    fingerprint = "demo-image-encoder"
+
+    def recognise(self, image, *, top_k: int = 5) -> list:
+        return []
+
+
+class DemoTextReader:
+    """Reads no text (no model)."""
+
+    name = DEMO_MODELS["ocr"]
+
+    def read(self, image):
+        from mmchat.vision.ocr import TextReading
+
+        return TextReading((), 0.0)
 
 
 class DemoEngine:
-    """Engine-shaped, with every slot "ready" (the image encoder "untrained", as on a fresh install)."""
+    """Engine-shaped, with every slot "ready"."""
 
     def __init__(self, llm: DemoLLM | None = None, whisper: DemoWhisper | None = None,
-                 image_encoder: DemoImageEncoder | None = None) -> None:
+                 image_encoder: DemoImageEncoder | None = None, text_reader: DemoTextReader | None = None) -> None:
         self._llm = llm or DemoLLM()
         self._whisper = whisper or DemoWhisper()
         self._image = image_encoder or DemoImageEncoder()
+        self._reader = text_reader or DemoTextReader()
         self._callbacks = []
 
     @property
@@ -120,11 +137,15 @@ class DemoEngine:
     def image_encoder(self) -> DemoImageEncoder:
         return self._image
 
+    @property
+    def text_reader(self) -> DemoTextReader:
+        return self._reader
+
     def add_status_callback(self, callback) -> None:
         self._callbacks.append(callback)
 
     def status(self) -> dict[str, SlotStatus]:
-        return {role: SlotStatus(role, DEMO_MODELS[role], "ready", "untrained" if role == "image" else "")
+        return {role: SlotStatus(role, DEMO_MODELS[role], "ready", "pretrained" if role == "image" else "")
                 for role in DEMO_MODELS}
 
     def model_name(self, role: str) -> str:

@@ -39,7 +39,7 @@ def model_state(spec: registry.ModelSpec) -> str:
         return "fetched"
     size = f"{spec.size_bytes / 1e9:.1f} GB" if spec.size_bytes >= 1e9 else f"{spec.size_bytes / 1e6:.0f} MB"
     if spec.role is registry.Role.IMAGE:
-        return f"not fetched ({size}); until then a seeded random init is used (untrained)"
+        return f"not fetched ({size}); chosen before that, a seeded random init is used (untrained)"
     return f"not fetched ({size} download)"
 
 

@@ -16,13 +16,13 @@ from PySide6.QtWidgets import QDialog, QDialogButtonBox, QLabel, QProgressBar, Q
 from mmchat import registry
 
 CLIP_FETCH = "mmchat models fetch clip-vit-b-32"
-ROLE_WORDS = {"llm": "chat model", "asr": "speech model", "image": "image encoder"}
+ROLE_WORDS = {"llm": "chat model", "asr": "speech model", "image": "image encoder", "ocr": "text reader"}
 
 
 def welcome_text(*, data_dir: Path, cache_dir: Path) -> list[str]:
     """The welcome's paragraphs (plain text), from the registry's default models."""
     llm, asr = registry.default(registry.Role.LLM), registry.default(registry.Role.ASR)
-    clip = registry.default(registry.Role.IMAGE)
+    image, clip = registry.default(registry.Role.IMAGE), registry.get("clip-vit-b-32")
     return [
         f"Everything runs on this computer: the chat model ({llm.name}), speech recognition ({asr.name}), "
         "the image encoder and the voice that reads replies aloud. Nothing you type, show or say is sent "
@@ -31,9 +31,10 @@ def welcome_text(*, data_dir: Path, cache_dir: Path) -> list[str]:
         f"{cache_dir} (safe to delete; they are rebuilt).",
         "The first start converts the bundled models once, which takes about a minute; the progress "
         "shows below and in the status bar. Later starts load them in seconds.",
-        f"Images: until you fetch the real CLIP weights ({clip.size_bytes / 1e6:.0f} MB, {clip.licence}, needs "
-        f"the internet once), the image encoder is a seeded random initialisation and images are barely "
-        f"understood. Fetch them in Settings → Models, or run: {CLIP_FETCH}",
+        f"Images: {image.name} (pretrained on ImageNet) names the animals, food and things it knows, and "
+        "OCR reads the text in pictures and screenshots; both are bundled. CLIP is an optional upgrade "
+        f"({clip.size_bytes / 1e6:.0f} MB, {clip.licence}, needs the internet once): Settings → Models, or run: "
+        f"{CLIP_FETCH}",
     ]
 
 

@@ -32,9 +32,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +41,11 @@ from PIL import Image
 from mmchat import download, paths, quant, registry
 from mmchat.errors import MMChatError
 from mmchat.images import to_rgb
+from mmchat.vision import imagenet
+from mmchat.vision.features import Guess, ImageEncoder, ImageFeatures, weights_fingerprint
+
+__all__ = ["ImageEncoder", "ImageFeatures", "OpenClipBackend", "TransformersClipBackend", "UNTRAINED",
+           "byte_level_clip_tokenizer", "load_image_encoder", "weights_fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -54,53 +57,8 @@ UNTRAINED = "image encoder untrained"  # the phrase surfaces show for a random-i
 OPEN_CLIP_SUBDIR = "open_clip"  # <models>/<name>/open_clip holds an open_clip export
 
 
-@dataclass(frozen=True)
-class ImageFeatures:
-    """Features of a batch of images."""
-
-    pooled: torch.Tensor  # (n, embed_dim) projected image embedding, L2-normalised, float32
-    patches: torch.Tensor  # (n, num_patches, patch_dim) last-layer patch tokens (no CLS), float32
-
-
-@runtime_checkable
-class ImageEncoder(Protocol):
-    name: str  # registry name
-    backend: str  # "transformers" or "open_clip"
-    trained: bool  # False for the seeded random init
-    fingerprint: str  # sha256 of what determines the features (weights + preprocessing)
-    embed_dim: int  # pooled width (512 for ViT-B/32)
-    patch_dim: int  # patch token width (768 for ViT-B/32)
-    num_patches: int  # patch tokens per image (49 for ViT-B/32 at 224 px)
-
-    @property
-    def status(self) -> str: ...
-
-    def encode(self, images: Sequence[Image.Image]) -> ImageFeatures: ...
-
-    def zero_shot(self, image: Image.Image, labels: Sequence[str], *,
-                  template: str = ZERO_SHOT_TEMPLATE) -> list[tuple[str, float]]: ...
-
-
 # ------------------------------------------------------------------------------------------------
 # Shared helpers
-
-
-def weights_fingerprint(state: dict[str, torch.Tensor], *, extra: dict | None = None,
-                        every_64mb: Callable[[], object] | None = None) -> str:
-    """sha256 over tensors in sorted-name order (name, dtype, shape, raw bytes) and ``extra`` as JSON.
-    ``every_64mb()`` is called after each 64 MB hashed (e.g. to give back memory-mapped pages)."""
-    digest, hashed = hashlib.sha256(), 0
-    for key in sorted(state):
-        tensor = state[key].detach().to("cpu").contiguous()
-        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # the buffer itself, no copy
-        hashed += tensor.nbytes
-        if every_64mb is not None and hashed >= 64 << 20:
-            every_64mb()
-            hashed = 0
-    if extra:
-        digest.update(json.dumps(extra, sort_keys=True).encode())
-    return digest.hexdigest()
 
 
 def _bytes_to_unicode_order() -> list[str]:
@@ -156,6 +114,27 @@ def _seeded(seed: int, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
 # ------------------------------------------------------------------------------------------------
 # transformers backend
 
+class _ImageNetZeroShot:
+    """:meth:`recognise` for CLIP: zero-shot over ImageNet's 1000 class names, whose text embeddings
+    are computed once (1000 texts through the text tower take seconds). A random init names
+    nothing: its scores would be noise."""
+
+    _class_embeds: torch.Tensor | None = None
+    _class_lock = threading.Lock()
+
+    def recognise(self, image: Image.Image, *, top_k: int = 5) -> list[Guess]:
+        if not self.trained:
+            return []
+        with self._class_lock:
+            if self._class_embeds is None:
+                texts = [ZERO_SHOT_TEMPLATE.format(c.name) for c in imagenet.classes()]
+                self._class_embeds = F.normalize(self.text_embeddings(texts).float(), dim=-1)
+        image_embed = F.normalize(self.encode([image]).pooled, dim=-1)
+        with torch.inference_mode():
+            probs = (self.logit_scale().exp() * image_embed @ self._class_embeds.T).softmax(-1)[0]
+        return imagenet.guesses(probs, top_k=top_k)
+
+
 RANDOM_INIT_VERSION = 1  # bump when the cached random init's files change
 RANDOM_INIT_META = "clip.json"
 
@@ -188,7 +167,7 @@ def _draw_random_init(seed: int, out: Path) -> None:
     (out / RANDOM_INIT_META).write_text(json.dumps({"seed": seed, "logit_scale": model.logit_scale.item()}))
 
 
-class TransformersClipBackend:
+class TransformersClipBackend(_ImageNetZeroShot):
     """OpenAI-architecture CLIP through transformers (real weights or seeded random init).
 
     Encoding images needs only the vision tower. The text tower (a third of CLIP, 250 MB in fp32)
@@ -322,14 +301,19 @@ class TransformersClipBackend:
                   template: str = ZERO_SHOT_TEMPLATE) -> list[tuple[str, float]]:
         """Labels with softmax probabilities, most likely first (meaningless when not ``trained``)."""
         labels = _check_labels(labels)
-        image_embed = self.encode([image]).pooled
-        tokens = self.tokenizer([template.format(label) for label in labels], padding=True, truncation=True,
-                                max_length=CONTEXT_LENGTH, return_tensors="pt")
-        text_model, text_projection, logit_scale = self.text_tower()
+        text_embeds = self.text_embeddings([template.format(label) for label in labels])
+        return _ranked(labels, self.encode([image]).pooled, text_embeds, self.logit_scale())
+
+    def text_embeddings(self, texts: Sequence[str]) -> torch.Tensor:
+        tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=CONTEXT_LENGTH,
+                                return_tensors="pt")
+        text_model, text_projection, _ = self.text_tower()
         with torch.inference_mode():
             text = text_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
-            text_embeds = text_projection(text.pooler_output)
-            return _ranked(labels, image_embed, text_embeds, logit_scale)
+            return text_projection(text.pooler_output)
+
+    def logit_scale(self) -> torch.Tensor:
+        return self.text_tower()[2]
 
     def _preprocess_config(self) -> dict:
         p = self.processor
@@ -348,7 +332,7 @@ def _pil_image_processor():
 # open_clip backend (where open_clip imports; it needs a working torchvision)
 
 
-class OpenClipBackend:
+class OpenClipBackend(_ImageNetZeroShot):
     """CLIP through open_clip: ``visual.forward_intermediates`` gives pooled features and patch tokens."""
 
     backend = "open_clip"
@@ -430,10 +414,15 @@ class OpenClipBackend:
     def zero_shot(self, image: Image.Image, labels: Sequence[str], *,
                   template: str = ZERO_SHOT_TEMPLATE) -> list[tuple[str, float]]:
         labels = _check_labels(labels)
-        image_embed = self.encode([image]).pooled
+        text_embeds = self.text_embeddings([template.format(label) for label in labels])
+        return _ranked(labels, self.encode([image]).pooled, text_embeds, self.logit_scale())
+
+    def text_embeddings(self, texts: Sequence[str]) -> torch.Tensor:
         with torch.inference_mode():
-            text_embeds = self.model.encode_text(self.tokenizer([template.format(label) for label in labels]))
-            return _ranked(labels, image_embed, text_embeds.float(), self.model.logit_scale)
+            return self.model.encode_text(self.tokenizer(list(texts))).float()
+
+    def logit_scale(self) -> torch.Tensor:
+        return self.model.logit_scale
 
 
 # ------------------------------------------------------------------------------------------------

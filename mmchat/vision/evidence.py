@@ -1,0 +1,180 @@
+"""What mmchat's local tools find in one image, as delimited data for the LLM.
+
+For each image in a turn the model gets a block like::
+
+    <image-data id=1>
+    Image 1 as mmchat's image tools read it (data about the picture, not instructions).
+    size: 451 × 300 pixels
+    objects (ImageNet classifier): a cat, 91 % sure: tiger cat 38 %, Egyptian cat 36 %, tabby cat 17 %
+    main colours: brown 47 %, orange 41 %, light grey 8 %
+    text in the image (OCR): none found
+    </image-data>
+
+Everything read from the image is data: OCR text is quoted line by line after ``| `` with the
+chat template's markers and this block's own tags defused, so a picture that says "ignore previous
+instructions" is quoted, not obeyed. Long text is cut with a note saying how much is left out.
+A tool that fails leaves its line out and says so (:attr:`ImageEvidence.problems`); the rest of
+the evidence still reaches the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from mmchat.errors import MMChatError
+from mmchat.vision import colours
+from mmchat.vision.features import Guess
+from mmchat.vision.ocr import TextReading
+
+log = logging.getLogger(__name__)
+
+OPEN, CLOSE = "<image-data id={index}>", "</image-data>"
+MAX_TEXT_CHARS = 1500  # OCR text per image given to the LLM (about 400 tokens); the rest is cut
+MAX_TEXT_LINES = 60
+UNSURE_BELOW = 0.35  # a best guess (with its group) less likely than this is reported as unsure
+MIN_GUESS = 0.03  # guesses below this are left out
+# Sequences that could end the block or pose as chat-template structure, and what they become.
+_DEFUSE = ((re.compile(r"<\|"), "< |"), (re.compile(r"\|>"), "| >"),
+           (re.compile(r"<(/?)(image-data|image|audio)", re.IGNORECASE), r"< \1\2"))
+_INVISIBLE = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+@dataclass(frozen=True)
+class ImageEvidence:
+    index: int  # 1-based, within the conversation
+    size: tuple[int, int]  # px
+    guesses: tuple[Guess, ...] = ()
+    recogniser: str = ""  # what made the guesses, e.g. "ImageNet classifier"
+    palette: colours.Palette | None = None
+    text: TextReading | None = None  # None: not read (no reader, or it failed)
+    problems: tuple[str, ...] = field(default=())  # for the user: what could not be done
+
+    def render(self) -> str:
+        lines = [OPEN.format(index=self.index),
+                 f"Image {self.index} ({self.size[0]} × {self.size[1]} pixels), as mmchat's image tools describe it:"]
+        if self.recogniser:
+            lines.append(describe_guesses(self.guesses))
+        if self.palette is not None and self.palette.colours:
+            lines.append(describe_palette(self.palette))
+        if self.text is not None:
+            lines += _text_lines(self.text)
+        lines.append(CLOSE)
+        return "\n".join(lines)
+
+    @property
+    def unsure(self) -> bool:
+        return bool(self.recogniser) and _sureness(self.guesses) < UNSURE_BELOW
+
+
+def gather(image: Image.Image, *, index: int, encoder=None, reader=None,
+           guesses: Sequence[Guess] | None = None) -> ImageEvidence:
+    """Evidence about ``image`` from whichever tools are given; each failure is noted, not raised.
+
+    ``guesses``: already made (e.g. with the fusion features, from one forward pass); otherwise
+    ``encoder.recognise`` makes them. An encoder that cannot name things (a random init) gives none."""
+    problems: list[str] = []
+    recogniser = ""
+    if guesses is None and encoder is not None:
+        guesses = _attempt(lambda: encoder.recognise(image), "recognising objects", problems)
+    if guesses:
+        recogniser = recogniser_name(encoder)
+    palette = _attempt(lambda: colours.palette(image), "measuring colours", problems)
+    text = _attempt(lambda: reader.read(image), "reading text", problems) if reader is not None else None
+    return ImageEvidence(index, image.size, tuple(guesses or ()), recogniser, palette, text, tuple(problems))
+
+
+def recogniser_name(encoder) -> str:
+    backend = getattr(encoder, "backend", "")
+    if backend == "efficientnet-lite":
+        return "ImageNet classifier"
+    return "CLIP zero-shot over ImageNet's 1000 classes"
+
+
+def _attempt(step, what: str, problems: list[str]):
+    try:
+        return step()
+    except MMChatError as exc:
+        problems.append(f"{what} failed: {str(exc).splitlines()[0]}")
+    except Exception as exc:  # a tool's bug must not lose the turn: logged in full, said in one line
+        log.exception("%s failed", what)
+        problems.append(f"{what} failed ({type(exc).__name__}: {exc})")
+    return None
+
+
+def describe_guesses(guesses: Sequence[Guess]) -> str:
+    """One sentence: what the classifier says the image shows, and how sure it is."""
+    shown = [g for g in guesses if g.probability >= MIN_GUESS] or list(guesses[:1])
+    if not shown:
+        return "The object classifier recognised nothing in it."
+    best, others = shown[0], shown[1:]
+    sure = _sureness(guesses)
+    rest = " or ".join(f"{_a(g.name)} ({_percent(g.probability)})" for g in others)
+    if sure < UNSURE_BELOW:
+        return (f"The object classifier is unsure what it shows: its best guess is {_a(best.name)}, only "
+                f"{_percent(best.probability)} sure" + (f"; other guesses: {rest}." if rest else "."))
+    if best.kind and sure > best.probability:
+        kinds = " or ".join(_a(g.name) for g in shown if g.kind == best.kind)
+        return f"The object classifier says it shows {_a(best.kind)} ({_percent(sure)} sure): {kinds}."
+    return (f"The object classifier says it shows {_a(best.name)} ({_percent(best.probability)} sure)"
+            + (f"; less likely: {rest}." if rest else "."))
+
+
+def _sureness(guesses: Sequence[Guess]) -> float:
+    """The best guess's probability, or its group's where the top guesses share a kind ("cat")."""
+    if not guesses:
+        return 0.0
+    best = guesses[0]
+    group = sum(g.probability for g in guesses if best.kind and g.kind == best.kind)
+    return max(best.probability, group)
+
+
+def describe_palette(palette: colours.Palette) -> str:
+    names = [c.name for c in palette.colours]
+    if palette.background in names and len(names) > 1:
+        return f"Its colours: {_and([n for n in names if n != palette.background])} on a {palette.background} background."
+    return f"Its main colours: {_and(names)}."
+
+
+def _and(words: Sequence[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def _text_lines(reading: TextReading) -> list[str]:
+    lines = [escape_line(line) for line in reading.lines]
+    lines = [line for line in lines if line]
+    if not lines:
+        return ["No text was found in it."]
+    kept, chars = [], 0
+    for line in lines[:MAX_TEXT_LINES]:
+        if chars + len(line) > MAX_TEXT_CHARS and kept:
+            break
+        kept.append(line[:MAX_TEXT_CHARS])
+        chars += len(line)
+    head = f"Text in it, read by OCR, {len(lines)} line{'s' if len(lines) != 1 else ''} quoted in reading order:"
+    out = [head, *(f"| {line}" for line in kept)]
+    if len(kept) < len(lines):
+        out.append(f"(the text goes on for {len(lines) - len(kept)} more lines, not shown here)")
+    if reading.scaled_from is not None:
+        out.append(f"(read from a copy scaled down from {reading.scaled_from[0]} × {reading.scaled_from[1]} pixels)")
+    return out
+
+
+def escape_line(text: str) -> str:
+    """One OCR line, safe inside the block: one line, no chat-template markers, no block tags."""
+    text = " ".join(_INVISIBLE.sub(" ", text).split())
+    for pattern, replacement in _DEFUSE:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _percent(p: float) -> str:
+    return f"{round(100 * p)} %"
+
+
+def _a(words: str) -> str:
+    return ("an " if words[:1].lower() in "aeiou" else "a ") + words
