@@ -102,8 +102,7 @@ class ChatSession:
         from mmchat.images import load_image, to_png_bytes
 
         loaded = [img if hasattr(img, "mode") else load_image(img) for img in images]
-        attachments = [Attachment("image", "image/png", to_png_bytes(img), meta={"size": list(img.size)})
-                       for img in loaded]
+        attachments = [Attachment("image", "image/png", to_png_bytes(img), meta=_image_meta(img)) for img in loaded]
         meta: dict = {}
         if audio is not None:
             if transcript is None:
@@ -274,6 +273,14 @@ class ChatSession:
         while len(self._media_cache) > MEDIA_CACHE_ITEMS:
             self._media_cache.popitem(last=False)
         return part
+
+
+def _image_meta(image) -> dict:
+    """The stored size, and the original's when a huge JPEG was decoded at a reduced scale."""
+    meta = {"size": list(image.size)}
+    if "scaled_from" in image.info:
+        meta["scaled_from"] = list(image.info["scaled_from"])
+    return meta
 
 
 def _flac_bytes(audio: np.ndarray) -> bytes:

@@ -24,6 +24,7 @@ from mmchat.errors import MMChatError
 
 MAX_IMAGE_BYTES = 50 * 1024 * 1024  # bytes on disk / in memory
 MAX_IMAGE_PIXELS = 64_000_000  # width × height, checked from the header before decoding
+JPEG_DRAFT_SCALES = (2, 4, 8)  # a larger JPEG is decoded at the first of these reductions that fits
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")  # Pillow format names
 BACKGROUND = (255, 255, 255)  # RGB that transparent pixels are composited onto
 
@@ -50,10 +51,11 @@ def load_image(source: str | os.PathLike | bytes) -> Image.Image:
     if not data:
         raise MMChatError(f"{label} is empty (0 bytes), not an image.")
     try:
-        # A bomb warning becomes an error (our own limit is lower anyway); damaged-EXIF notes are dropped.
-        # catch_warnings swaps process-wide filters, hence the lock when threads decode at once.
+        # Pillow's bomb warning is dropped: our own limit, lower, is checked from the header before any
+        # decoding (_open_checked); damaged-EXIF notes are dropped too. catch_warnings swaps
+        # process-wide filters, hence the lock when threads decode at once.
         with _WARNINGS_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")  # damaged metadata
             image = _open_checked(data, label)
             image.load()
@@ -122,7 +124,13 @@ def _open_checked(data: bytes, label: str) -> Image.Image:
     if width < 1 or height < 1:
         raise MMChatError(f"{label} has no pixels ({width}×{height}).")
     if width * height > MAX_IMAGE_PIXELS:
-        raise _too_big(label, f"{width}×{height} pixels")
+        # A JPEG decodes at 1/2, 1/4 or 1/8 scale for the same cost in memory as its smaller size
+        # (a 10 000 × 10 000 scan arrives as 5000 × 5000); other formats must decode whole.
+        scale = next((s for s in JPEG_DRAFT_SCALES if (width // s) * (height // s) <= MAX_IMAGE_PIXELS), None)
+        if image.format != "JPEG" or scale is None:
+            raise _too_big(label, f"{width}×{height} pixels")
+        image.draft("RGB", (width // scale, height // scale))
+        image.info["scaled_from"] = (width, height)
     return image
 
 

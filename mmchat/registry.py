@@ -220,16 +220,14 @@ MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         name="pp-ocrv6-small",
         role=Role.OCR,
-        description="PP-OCRv6 small text detection and recognition, with the PP-OCR angle classifier "
-        "(ONNX, run by RapidOCR): reads the text in images",
+        description="PP-OCRv6 small text detection and recognition (ONNX, run by RapidOCR): reads the text in images",
         licence="Apache-2.0",
-        size_bytes=31_749_509,
+        size_bytes=31_163_977,
         parts=(
             PackageFile("rapidocr", "3.10.0", "rapidocr", "models/PP-OCRv6_det_small.onnx"),
             PackageFile("rapidocr", "3.10.0", "rapidocr", "models/PP-OCRv6_rec_small.onnx"),
-            PackageFile("rapidocr", "3.10.0", "rapidocr", "models/ch_ppocr_mobile_v2.0_cls_mobile.onnx"),
         ),
-        sha256="5ff02e508fe41a6f23f2c5fd21718133640e6920c30076bb7b9f377d58c20dd5",
+        sha256="da2d61aa80aff563071941ca315543dce599e2c08f3a40ffb23c4ee7b5c60159",
         source_format="onnx",
         default=True,
         notes="Weights by Baidu/PaddleOCR, redistributed in the rapidocr wheel.",

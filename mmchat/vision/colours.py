@@ -23,6 +23,8 @@ BORDER_SHARE = 0.6  # the background must fill at least this much of the image's
 # Hue boundaries (degrees, upper bounds, checked in order) of the chromatic names.
 HUES = ((15, "red"), (40, "orange"), (70, "yellow"), (160, "green"), (195, "teal"), (255, "blue"),
         (290, "purple"), (335, "pink"), (360, "red"))
+FLAT_COLOURS = 3  # a drawing: at most this many named colours ...
+FLAT_COVERAGE = 0.97  # ... covering this much of the image (a photo's colours are spread wider)
 GREY_SATURATION = 0.18  # below this a pixel has no colour of its own
 BLACK_VALUE = 0.18  # darker than this is black whatever its hue
 
@@ -37,6 +39,7 @@ class Colour:
 class Palette:
     colours: tuple[Colour, ...]  # most common first
     background: str | None  # the name of the colour filling the border, if one does
+    flat: bool = False  # a few flat colours on a background: a drawing, a diagram, clip art
 
 
 def palette(image: Image.Image) -> Palette:
@@ -52,7 +55,9 @@ def palette(image: Image.Image) -> Palette:
     b_values, b_counts = np.unique(border, return_counts=True)
     top = int(np.argmax(b_counts))
     background = str(b_values[top]) if b_counts[top] >= BORDER_SHARE * border.size else None
-    return Palette(colours, background)
+    flat = background is not None and len(colours) <= FLAT_COLOURS and \
+        sum(c.share for c in colours) >= FLAT_COVERAGE
+    return Palette(colours, background, flat)
 
 
 def name_pixels(rgb: np.ndarray) -> np.ndarray:
