@@ -1,5 +1,5 @@
-"""GUI responsiveness: the longest event-loop stall while the real models generate a reply,
-transcribe a clip and train fusion, measured by the real-window tests in ``tests/test_ui_real.py``
+"""GUI responsiveness: the longest event-loop stall while the real models generate a reply, see a
+photo and answer about it, transcribe a clip and train fusion, measured by the real-window tests in ``tests/test_ui_real.py``
 (a 10 ms QTimer on the GUI thread; the tests write their worst gap to ``$MMCHAT_STALL_LOG``)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 from benchmarks.common import ROOT, Result, Size
 
 TESTS = ("test_real_model_answers_in_the_window_while_the_gui_stays_responsive",
+         "test_gui_stays_responsive_while_a_photo_is_seen_and_answered",
          "test_gui_stays_responsive_while_a_clip_is_transcribed",
          "test_gui_stays_responsive_while_fusion_trains")
 TARGET_MS = 50

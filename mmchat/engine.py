@@ -32,11 +32,28 @@ class SlotStatus:
 StatusCallback = Callable[[SlotStatus], None]
 
 
+class _Sweep:
+    """One full collection per engine, before its first load (see :meth:`_Slot.get`)."""
+
+    def __init__(self) -> None:
+        self._done = False
+        self._lock = threading.Lock()
+
+    def before_load(self) -> None:
+        with self._lock:
+            if not self._done:
+                gc.unfreeze()
+                gc.collect()  # e.g. the engine this one replaced, with its models
+                self._done = True
+        gc.freeze()
+
+
 class _Slot:
     def __init__(self, role: str, model: str, loader: Callable[[str, Callable[[int, int], None]], Any],
-                 notify: Callable[[SlotStatus], None]) -> None:
+                 notify: Callable[[SlotStatus], None], sweep: _Sweep | None = None) -> None:
         self.role, self.model = role, model
         self._loader, self._notify = loader, notify
+        self._sweep = sweep or _Sweep()
         self._lock = threading.Lock()
         self._value: Any = None
         self.status = SlotStatus(role, model, "idle")
@@ -53,9 +70,11 @@ class _Slot:
         then took 140-230 ms holding the GIL, in whichever thread it hit, so the GUI froze that
         long now and then (seen mid fusion-training). Frozen cyclic garbage is never collected,
         though, and a replaced engine is some (its slots call back into it), models and all: so
-        each load first unfreezes and collects (one full pass on this worker thread), then
+        an engine's first load unfreezes and collects (one full pass on this worker thread), then
         freezes what is left before loading, so that the load's own collections walk only new
-        objects (37-79 ms instead of 97-195 ms for Qwen 0.5B)."""
+        objects (37-79 ms instead of 97-195 ms for Qwen 0.5B). Its later loads skip that pass:
+        with the LLM loaded it held the GIL for 290-310 ms, a stall of the GUI each time the image
+        encoder or the OCR model loaded (nothing of the engine's own can have become garbage)."""
         with self._lock:
             if self._value is not None:
                 return self._value
@@ -65,9 +84,7 @@ class _Slot:
             def progress(done: int, total: int) -> None:
                 self._set("loading", "converting (one time)", done / total if total else None)
 
-            gc.unfreeze()
-            gc.collect()  # e.g. the engine this one replaced, with its models
-            gc.freeze()
+            self._sweep.before_load()
             try:
                 self._value = self._loader(self.model, progress)
             except MMChatError as exc:
@@ -127,11 +144,12 @@ class Engine:
                            (ocr, registry.Role.OCR)):
             if registry.get(name).role is not role:
                 raise MMChatError(f"{name} is not a {role.value} model.")
+        sweep = _Sweep()
         self._slots = {
-            "llm": _Slot("llm", llm, _load_llm, self._notify),
-            "asr": _Slot("asr", asr, _load_whisper, self._notify),
-            "image": _Slot("image", image, _load_image_encoder, self._notify),
-            "ocr": _Slot("ocr", ocr, _load_text_reader, self._notify),
+            "llm": _Slot("llm", llm, _load_llm, self._notify, sweep),
+            "asr": _Slot("asr", asr, _load_whisper, self._notify, sweep),
+            "image": _Slot("image", image, _load_image_encoder, self._notify, sweep),
+            "ocr": _Slot("ocr", ocr, _load_text_reader, self._notify, sweep),
         }
 
     def add_status_callback(self, callback: StatusCallback) -> None:

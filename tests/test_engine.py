@@ -48,3 +48,21 @@ def test_a_replaced_engine_and_its_models_are_freed_by_the_next_load():
     assert model() is not None  # frozen with its engine: only an explicit pass can free it
     _Slot("llm", "new", lambda name, progress: _Model(), lambda status: None).get()
     assert model() is None
+
+
+def test_only_an_engines_first_load_walks_every_object():
+    """The full pass (unfreeze + collect) runs once per engine: with the LLM loaded it held the GIL for
+    about 300 ms, which each later load (image encoder, OCR) would otherwise add to the GUI's stalls."""
+    from mmchat.engine import _Sweep
+
+    sweep = _Sweep()
+    _Slot("llm", "a", lambda name, progress: _Model(), lambda status: None, sweep).get()
+    frozen = gc.get_freeze_count()
+    unfrozen = []
+    real = gc.unfreeze
+    gc.unfreeze = lambda: unfrozen.append(1) or real()
+    try:
+        _Slot("image", "b", lambda name, progress: _Model(), lambda status: None, sweep).get()
+    finally:
+        gc.unfreeze = real
+    assert not unfrozen and gc.get_freeze_count() >= frozen

@@ -22,6 +22,7 @@ kept to ±8°: with stars off, the probe's held-out shape accuracy was 85% at ±
 
 from __future__ import annotations
 
+import colorsys
 import math
 from dataclasses import dataclass
 
@@ -35,6 +36,10 @@ SUPERSAMPLE = 4  # shapes are drawn this many times larger, then reduced, for sm
 CENTRE_PX = CANVAS_PX // 2
 MARGIN_PX = 6  # px kept clear between a shape and the canvas edge
 
+# ImageConfig.shades: the hue range (degrees) a colour name covers, and the values where it still does.
+SHADE_HUES = {"red": (-10, 8), "orange": (20, 36), "yellow": (46, 58), "green": (85, 150), "blue": (200, 240),
+              "purple": (265, 295)}
+SHADE_VALUES = {"yellow": (0.8, 1.0), "orange": (0.75, 1.0), "red": (0.5, 1.0)}
 # Named colours: base RGB, far apart in hue; each drawn shape jitters around its base.
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
@@ -102,6 +107,10 @@ class ImageConfig:
     max_rotation_deg: float = 8.0  # ± degrees; see the module docstring
     colour_jitter: int = 12  # ± per RGB channel
     word_font_px: tuple[int, int] = (40, 60)
+    # Off in the CLIP recipe (its data stays byte-identical); on for the pretrained encoders', so the
+    # projector meets each colour name in many shades and backgrounds that are not grey:
+    shades: bool = False  # each shape's colour drawn around its name in HSV (SHADE_* ranges), not ±jitter
+    tinted_fraction: float = 0.0  # chance a plain background is a pale tint ("a pale background")
 
 
 @dataclass(frozen=True)
@@ -124,6 +133,7 @@ class DrawnShape:
 class Scene:
     background: str
     texture_seed: int  # drives stripe width, checker size and noise
+    tint: tuple[int, int, int] | None = None  # a plain background's pale colour instead of white/grey
     shapes: tuple[DrawnShape, ...] = ()
     word: str | None = None
     word_font_px: int = 0
@@ -158,7 +168,16 @@ def sample_scene(rng: np.random.Generator, *, split: str, config: ImageConfig) -
         regions = rng.permutation(len(POSITIONS))[:n_shapes]
         shapes = tuple(_multi_shape(rng, c, s, POSITIONS[p], config=config)
                        for (c, s), p in zip(kinds, regions))
-    return Scene(background=background, texture_seed=texture_seed, shapes=shapes, novel_combo=novel)
+    tint = None
+    if config.tinted_fraction and background in PLAIN_BACKGROUNDS and rng.random() < config.tinted_fraction:
+        tint = _pale(rng)
+    return Scene(background=background, texture_seed=texture_seed, shapes=shapes, novel_combo=novel, tint=tint)
+
+
+def _pale(rng: np.random.Generator) -> tuple[int, int, int]:
+    """A pale tint of any hue (saturation ≤ 0.22, value ≥ 0.9): reads as a background, never as a colour name."""
+    rgb = colorsys.hsv_to_rgb(float(rng.random()), float(rng.uniform(0.06, 0.22)), float(rng.uniform(0.9, 1.0)))
+    return tuple(int(round(255 * v)) for v in rgb)
 
 
 def _choose_kinds(rng: np.random.Generator, n: int, *, background: str, novel: bool,
@@ -188,7 +207,10 @@ def _pick_pair(rng: np.random.Generator, pool: list[tuple[str, str]],
     return group[int(rng.integers(len(group)))]
 
 
-def _jittered_rgb(rng: np.random.Generator, colour: str, jitter: int) -> tuple[int, int, int]:
+def _jittered_rgb(rng: np.random.Generator, colour: str, config: ImageConfig) -> tuple[int, int, int]:
+    if config.shades:
+        return _shade(rng, colour)
+    jitter = config.colour_jitter
     base = np.array(COLOURS[colour])
     rgb = np.clip(base + rng.integers(-jitter, jitter + 1, size=3), 0, 255)
     return tuple(int(v) for v in rgb)
@@ -209,10 +231,20 @@ def _single_shape(rng: np.random.Generator, colour: str, shape: str, *,
         far = CANVAS_PX - along
         cx, cy = {"left": (along, across), "right": (far, across),
                   "top": (across, along), "bottom": (across, far)}[position]
-    return DrawnShape(shape=shape, colour=colour, rgb=_jittered_rgb(rng, colour, config.colour_jitter),
+    return DrawnShape(shape=shape, colour=colour, rgb=_jittered_rgb(rng, colour, config),
                       cx=round(float(cx), 2), cy=round(float(cy), 2),
                       r=round(extent / EXTENT_PER_R[shape], 2), rotation_deg=round(rotation, 2),
                       position=position)
+
+
+def _shade(rng: np.random.Generator, colour: str) -> tuple[int, int, int]:
+    """An RGB that a person would still call ``colour``: hue within its name's range, saturation and
+    value within the name's (a dark orange is brown, a dark yellow olive, so those stay bright)."""
+    low, high = SHADE_HUES[colour]
+    hue = float(rng.uniform(low, high)) % 360 / 360
+    value = float(rng.uniform(*SHADE_VALUES.get(colour, (0.45, 1.0))))
+    rgb = colorsys.hsv_to_rgb(hue, float(rng.uniform(0.55, 1.0)), value)
+    return tuple(int(round(255 * v)) for v in rgb)
 
 
 def _multi_shape(rng: np.random.Generator, colour: str, shape: str, position: str, *,
@@ -223,7 +255,7 @@ def _multi_shape(rng: np.random.Generator, colour: str, shape: str, position: st
               + rng.uniform(-MULTI_JITTER_PX, MULTI_JITTER_PX, size=2))
     extent = float(rng.uniform(*MULTI_EXTENT_PX))
     rotation = float(rng.uniform(-config.max_rotation_deg, config.max_rotation_deg))
-    return DrawnShape(shape=shape, colour=colour, rgb=_jittered_rgb(rng, colour, config.colour_jitter),
+    return DrawnShape(shape=shape, colour=colour, rgb=_jittered_rgb(rng, colour, config),
                       cx=round(float(cx), 2), cy=round(float(cy), 2),
                       r=round(extent / EXTENT_PER_R[shape], 2), rotation_deg=round(rotation, 2),
                       position=position)
@@ -242,7 +274,10 @@ def _word_scene(rng: np.random.Generator, background: str, texture_seed: int,
 
 def render(scene: Scene) -> Image.Image:
     """The scene as a 224×224 RGB image."""
-    image = Image.fromarray(_background(scene.background, scene.texture_seed), "RGB")
+    if scene.tint is not None:
+        image = Image.new("RGB", (CANVAS_PX, CANVAS_PX), scene.tint)
+    else:
+        image = Image.fromarray(_background(scene.background, scene.texture_seed), "RGB")
     for shape in scene.shapes:
         image.paste(shape.rgb, (0, 0), _mask(shape))
     if scene.word:
@@ -323,7 +358,7 @@ def caption(scene: Scene) -> str:
     token after "a"/"an" and the shapes of a group follow "N shapes:" at the same place whatever the
     background; a four-shape caption fits in 31 tokens (background cut), where with the background
     first it took 36 and the last shape was cut."""
-    bg = f"{BACKGROUND_PHRASES[scene.background]} background"
+    bg = f"{'a pale' if scene.tint is not None else BACKGROUND_PHRASES[scene.background]} background"
     if scene.word:
         return f'the word "{scene.word}" written on {bg}'
     if len(scene.shapes) == 1:
@@ -386,6 +421,7 @@ def scene_meta(scene: Scene) -> dict:
     """JSON-ready description of what was drawn (for tests, evaluation and curricula)."""
     return {
         "background": scene.background,
+        **({"tint": list(scene.tint)} if scene.tint is not None else {}),
         "count": len(scene.shapes),
         "shapes": [{"shape": s.shape, "colour": s.colour, "rgb": list(s.rgb), "position": s.position,
                     "cx": s.cx, "cy": s.cy, "r": s.r, "rotation_deg": s.rotation_deg}

@@ -134,9 +134,10 @@ def _font(rng: np.random.Generator, size: int, *, mono: bool = False) -> ImageFo
     return ImageFont.load_default(size=size)
 
 
-def _page(rng: np.random.Generator, lines: list[tuple[str, bool]], *, mono: bool = False) -> Image.Image:
-    """Lines of text (bool: in the accent colour) on a canvas, slightly rotated."""
-    width, height = CANVASES[int(rng.integers(len(CANVASES)))]
+def _page(rng: np.random.Generator, lines: list[tuple[str, bool]], *, mono: bool = False,
+          size: tuple[int, int] | None = None) -> Image.Image:
+    """Lines of text (bool: in the accent colour) on a canvas (``size``, else a random one), slightly rotated."""
+    width, height = size or CANVASES[int(rng.integers(len(CANVASES)))]
     ink, paper, accent = PALETTES[int(rng.integers(len(PALETTES)))]
     size = int(rng.integers(16, 29))
     font = _font(rng, size, mono=mono)
@@ -246,7 +247,7 @@ def _screenshot(kind: str, rng: np.random.Generator) -> tuple[Image.Image, str, 
 # Shades the fusion training generator never draws (mmchat.fusion_data.images.COLOURS are others).
 DRAWING_COLOURS = {
     "red": ((180, 20, 50), (240, 70, 60), (150, 0, 0)),
-    "green": ((0, 110, 40), (110, 200, 60), (20, 150, 110)),
+    "green": ((0, 110, 40), (110, 200, 60), (34, 139, 34)),
     "blue": ((20, 40, 140), (60, 140, 235), (0, 90, 180)),
     "yellow": ((255, 230, 70), (225, 190, 0), (250, 240, 120)),
     "purple": ((95, 30, 140), (170, 90, 210), (120, 60, 160)),

@@ -73,7 +73,10 @@ class ImageEvidence:
                 lines.append(describe_palette(self.palette))
         elif self.drawing:  # the colours are the facts; an ImageNet guess is a long shot
             lines += [f"{size}, as mmchat's image tools describe it:", describe_palette(self.palette, drawing=True)]
-            if self.recogniser:
+            if self.recogniser and self.unsure:
+                lines.append(f"The object classifier recognises no everyday object in it (its best guess is only "
+                             f"{_percent(self.guesses[0].probability)} sure).")
+            elif self.recogniser:
                 lines.append(describe_guesses(self.guesses))
             lines += quoted
         else:
