@@ -61,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
 
     app = sub.add_parser("app", help="open the desktop app (the default)")
     app.add_argument("--screenshot", type=Path, metavar="PNG",
-                     help="render the window with a demo conversation to PNG and exit")
+                     help="render the window with your most recent conversation to PNG and exit (no models load)")
+    app.add_argument("--demo", action="store_true",
+                     help="with --screenshot: a built-in demo conversation (scripted replies) instead")
     app.set_defaults(func=_cmd_app)
 
     chat = sub.add_parser("chat", help="chat in the terminal")
@@ -144,6 +146,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--train", choices=("all", "weights"),
                        help="what the answer-loss steps train: the projectors and the per-modality weights "
                             "(all, default), or only the weights (the aligned projectors stay as they are)")
+    train.add_argument("--photos", type=int, default=0, metavar="N",
+                       help="the recipe for a pretrained image encoder: drawings in many shades and on pale "
+                            "backgrounds, plus N augmented real photos captioned \"a photo\" (default 0: the "
+                            "default generated data)")
+    train.add_argument("--audio-from", type=Path, metavar="DIR",
+                       help="take this checkpoint's audio branch as it is and align only the image branch")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--images", type=int, default=8000, help="generated training images")
     train.add_argument("--speech", type=int, default=1200, help="generated training clips")
@@ -260,7 +268,7 @@ def _cmd_app(args) -> int:
         raise MMChatError(f"The desktop app needs Qt: {qt.reason}.", hint="Use `mmchat chat` to chat in the terminal.")
     from mmchat_ui.app import run
 
-    return run(screenshot=screenshot)
+    return run(screenshot=screenshot, demo=getattr(args, "demo", False))
 
 
 # -- chat ----------------------------------------------------------------------------------------
@@ -445,18 +453,20 @@ def _cmd_train_fusion(args) -> int:
     from mmchat.chat import SYSTEM_PROMPT
     from mmchat.engine import Engine
     from mmchat.fusion_eval import format_report
-    from mmchat.fusion_train import DataConfig, TrainConfig, prepare_data, train_fusion
+    from mmchat.fusion_train import DataConfig, TrainConfig, prepare_data, prepare_vision_data, train_fusion
     from mmchat.media import checkpoint_dirs
 
     engine = Engine(llm=args.model)
-    if args.data is None:
-        train_dir, heldout_dir = prepare_data(DataConfig(train_images=args.images, train_speech=args.speech,
-                                                         seed=args.seed))
-    else:
+    data = DataConfig(train_images=args.images, train_speech=args.speech, train_photos=args.photos, seed=args.seed)
+    if args.data is not None:
         train_dir, heldout_dir = args.data, args.heldout
+    elif args.photos:
+        train_dir, heldout_dir = prepare_vision_data(data)
+    else:
+        train_dir, heldout_dir = prepare_data(data)
     if args.eval_limit <= 0:
         heldout_dir = None
-    out = args.out or checkpoint_dirs(engine.model_name("llm"))[0]
+    out = args.out or checkpoint_dirs(engine.model_name("llm"), engine.model_name("image"))[0]
     given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "align_steps": args.align_steps,
              "image_projector": args.image_projector, "audio_projector": args.audio_projector, "train": args.train,
              "image_grid": args.image_grid, "image_slots": args.image_slots, "image_stats": args.image_stats,
@@ -464,7 +474,8 @@ def _cmd_train_fusion(args) -> int:
              "audio_feature_masks": args.audio_feature_masks}
     config = TrainConfig(seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     report = train_fusion(engine, train_dir=train_dir, heldout_dir=heldout_dir, out=out, config=config,
-                          system_prompt=SYSTEM_PROMPT, resume=not args.no_resume, eval_limit=args.eval_limit)
+                          system_prompt=SYSTEM_PROMPT, resume=not args.no_resume, eval_limit=args.eval_limit,
+                          audio_from=args.audio_from)
     if "heldout" in report:
         print(format_report(report["heldout"]))
     print(f"fusion checkpoint written to {out}")

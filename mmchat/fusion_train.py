@@ -628,12 +628,17 @@ def require_modalities(samples: Sequence) -> None:
 
 
 # -- the whole job ---------------------------------------------------------------------------------
+VISION_RECIPE_ENCODER = "efficientnet-lite0"  # whose shipped projector the vision data trained
+VISION_RECIPE_PHOTOS = 1500  # augmented photos in it
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """The generated dataset used when no ``--data`` is given (train and held-out splits)."""
 
     train_images: int = 8000  # as shipped: with 2000 the slots projector memorised (assets/fusion/README.md)
     train_speech: int = 1200
+    train_photos: int = 0  # > 0: the pretrained image encoders' data (prepare_vision_data)
     heldout_images: int = 240
     heldout_speech: int = 120
     seed: int = 0
@@ -655,6 +660,17 @@ def prepare_heldout(config: DataConfig, *, root: Path | None = None) -> Path:
 
     return build_dataset(root or _data_root(config), split="heldout", n_images=config.heldout_images,
                          n_speech=config.heldout_speech, seed=config.seed)
+
+
+def prepare_vision_data(config: DataConfig, *, root: Path | None = None) -> tuple[Path, Path]:
+    """Build (or reuse) the pretrained image encoders' train and held-out splits
+    (:func:`mmchat.fusion_data.photos.build_vision_dataset`) in the user cache."""
+    from mmchat.fusion_data.photos import build_vision_dataset
+
+    root = root or paths.cache_dir() / "fusion-data" / f"vision-seed{config.seed}"
+    return build_vision_dataset(root, n_drawings=config.train_images, n_photos=config.train_photos,
+                                n_speech=config.train_speech, seed=config.seed,
+                                heldout_drawings=config.heldout_images)
 
 
 def _data_root(config: DataConfig) -> Path:
@@ -680,15 +696,14 @@ def train_fusion(engine, *, train_dir: Path, heldout_dir: Path | None, out: Path
     """Train, evaluate on ``heldout_dir`` and save the checkpoint in ``out``; returns the eval report.
 
     ``audio_from``: a checkpoint (for the same LLM and speech encoder) whose audio branch is taken
-    as it is, bit for bit, and not trained: only the image branch learns, from the dataset's images
-    (a new image encoder then does not cost the audio read-out its measured quality)."""
+    as it is, bit for bit, and not trained: only the image branch is aligned (a new image encoder
+    then does not cost the audio read-out its measured quality). The dataset's clips still serve
+    the answer-loss steps, where the modality weights wᵢ learn from both."""
     from mmchat.fusion_data import dataset_hash, validate_dataset
     from mmchat.fusion_eval import evaluate
 
     samples = validate_dataset(train_dir)
     donor = _audio_donor(engine, audio_from) if audio_from is not None else None
-    if donor is not None:
-        samples = [s for s in samples if s.modality == "image"]
     require_modalities(samples)
     llm = engine.llm
     encoders = _encoders_for(engine, samples)
@@ -737,7 +752,8 @@ def train_fusion(engine, *, train_dir: Path, heldout_dir: Path | None, out: Path
     total = config.align_steps + config.steps
     if trainer.step == 0 and config.align_steps:  # a resumed state is already aligned
         aligned = (lambda done, _: progress(done, total)) if progress else None
-        align_losses = Aligner(llm, fusion, features, samples, config=config).run(config.align_steps,
+        aligned_samples = [s for s in samples if donor is None or s.modality == "image"]
+        align_losses = Aligner(llm, fusion, features, aligned_samples, config=config).run(config.align_steps,
                                                                                    progress=aligned)
     align_s = time.monotonic() - started - encode_s
     trainer.train(state_dir=state_dir,
@@ -747,6 +763,8 @@ def train_fusion(engine, *, train_dir: Path, heldout_dir: Path | None, out: Path
     # A CTC read-out spells only tokens it heard in training: keep them, so that eval-fusion can
     # also score, on their own, the held-out requests made only of these tokens.
     heard = heard_tokens(llm, samples) if fusion_config.audio_collapse else None
+    if donor is not None and heard is not None:  # the audio branch heard the donor's training clips
+        heard = set(fusion_mod.read_meta(audio_from).metrics.get("train", {}).get(HEARD_KEY, heard))
     report: dict = {"train": {"steps": trainer.step, "batch_size": config.batch_size, "encode_s": round(encode_s, 1),
                               "align_s": round(align_s, 1), "align_loss": [*align_losses[:2], *align_losses[-2:]],
                               "train_s": round(train_s, 1), "first_loss": trainer.losses[:5],

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 TRAIN_HINT = "run `mmchat train-fusion`"
 # Said after the user's words in a turn with images: measured with Qwen2.5-0.5B, a note after the
 # question is followed where the same words before it are not (see mmchat.memory.turn_reminder).
-IMAGE_REMINDER = "(Answer from the image data above. Quote text from the picture exactly.)"
+IMAGE_REMINDER = "Answer from the image data above."
+TEXT_REMINDER = "Quote text from the picture exactly."
 UNSURE_REMINDER = ("If the question is what the picture shows and the classifier is unsure, say so and give "
                    "its best guess with how sure it is.")
 
@@ -151,9 +152,11 @@ def _slot(get, what: str, problems: list[str]):
 
 def _reminder(found) -> str:
     words = [IMAGE_REMINDER]
+    if found.text is not None and any(found.text.lines):
+        words.append(TEXT_REMINDER)
     if found.unsure:
         words.append(UNSURE_REMINDER)
-    return " ".join(words)
+    return f"({' '.join(words)})"
 
 
 def media_encoder(engine, *, image: bool = True, audio: bool = True) -> MediaEncoder:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Refresh docs/screenshots/ from the test suite's renderings (tests/test_screenshots.py writes them to
-# test-results/screenshots/): the window in the light and dark theme, and the first-run welcome.
-# Offscreen, no models, none of your data. Arguments go to pytest.
+# test-results/screenshots/): the window in the light and dark theme, showing a conversation the real
+# shipped models have there and then about a real photo and a rendered screenshot, and the first-run
+# welcome. Offscreen, none of your data. Arguments go to pytest.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 python=${MMCHAT_VENV:-$root/.venv}/bin/python

@@ -52,6 +52,9 @@ def test_train_fusion_cli_passes_the_image_and_audio_options(monkeypatch, tmp_pa
     assert augment() == (0.0, 0, 0)
     assert cli.main([*argv, "--audio-stretch", "0.15", "--audio-time-masks", "2", "--audio-feature-masks", "3"]) == 0
     assert augment() == (0.15, 2, 3)
+    assert given["audio_from"] is None
+    assert cli.main([*argv, "--audio-from", str(tmp_path / "donor")]) == 0
+    assert given["audio_from"] == tmp_path / "donor"
 
 
 def test_token_group_shapes_scale_and_weights():

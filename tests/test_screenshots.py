@@ -1,6 +1,7 @@
 """Screenshots for the README, made by the suite into test-results/screenshots/ (scripts/screenshots.sh
 copies them to docs/screenshots/): the window in the light and dark theme via ``mmchat app
---screenshot`` (a demo conversation, no models), and the first-run welcome."""
+--screenshot``, showing a conversation the real shipped models just had about a real photo and a
+rendered screenshot (nothing scripted), and the first-run welcome."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from mmchat_ui.welcome import WelcomeDialog
 pytestmark = pytest.mark.gui
 SHOTS = Path(__file__).resolve().parent.parent / "test-results" / "screenshots"
 SIZE = (1280, 960)  # px, ui/app.py SCREENSHOT_SIZE
+TURNS = (("What is in this picture?", "cat"), ("Which error is shown in this screenshot?", "FileNotFoundError"))
 
 
 def _mean_lightness(image: QImage) -> float:
@@ -31,10 +33,36 @@ def _mean_lightness(image: QImage) -> float:
     return sum(samples) / len(samples)
 
 
+@pytest.fixture(scope="module")
+def conversation(engine, tmp_path_factory):
+    """A data folder holding one conversation of the real models: the cat photo, then a terminal error."""
+    import numpy as np
+
+    from mmchat.chat import ChatSession
+    from mmchat.llm import GenerationConfig
+    from mmchat.store import ConversationStore
+    from mmchat.vision.eval_sets import ERRORS, _page, _skimage_photo
+
+    data = tmp_path_factory.mktemp("screenshot-data")
+    store = ConversationStore(data / "mmchat.sqlite3")
+    session = ChatSession(engine, store, generation=GenerationConfig(max_new_tokens=120, temperature=0.0))
+    name, message = next(e for e in ERRORS if e[0] == TURNS[1][1])
+    error = _page(np.random.default_rng(4), [("$ python report.py", False), ("Traceback (most recent call last):", False),
+                                             ('  File "/home/ada/report.py", line 12, in <module>', False),
+                                             (f"{name}: {message}", True)], mono=True, size=(1150, 300))
+    replies = []
+    for (question, _), image in zip(TURNS, (_skimage_photo("chelsea"), error)):
+        replies.append("".join(e.text for e in session.send(question, images=[image]) if e.kind == "token"))
+    store.close()
+    return data, replies
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["light", "dark"])
-def test_window_screenshot_in_each_theme(name, tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
+def test_window_screenshot_of_a_real_conversation_in_each_theme(name, conversation, tmp_path):
+    data, replies = conversation
+    for (_, expected), reply in zip(TURNS, replies):
+        assert expected.lower() in reply.lower(), reply  # what the README shows is a right answer
     (data / "settings.json").write_text(json.dumps({"theme": name}))
     out = SHOTS / f"app-{name}.png"
     out.unlink(missing_ok=True)
@@ -46,7 +74,14 @@ def test_window_screenshot_in_each_theme(name, tmp_path):
     image = QImage(str(out))
     assert (image.width(), image.height()) == SIZE
     lightness = _mean_lightness(image)
-    assert lightness > 0.7 if name == "light" else lightness < 0.3
+    assert lightness > 0.6 if name == "light" else lightness < 0.35
+
+
+def test_a_screenshot_needs_a_conversation_or_the_demo(tmp_path):
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", MMCHAT_DATA_DIR=str(tmp_path))
+    result = subprocess.run([sys.executable, "-m", "mmchat.cli", "app", "--screenshot", str(tmp_path / "x.png")],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 1 and "no conversation" in result.stderr and "--demo" in result.stderr
 
 
 def _home_relative(path: str) -> Path:
@@ -69,4 +104,4 @@ def test_welcome_screenshot(qtbot):
     qtbot.waitExposed(dialog)
     SHOTS.mkdir(parents=True, exist_ok=True)
     assert dialog.grab().save(str(SHOTS / "welcome.png"))
-    assert "mmchat models fetch clip-vit-b-32" in dialog.paragraphs[-1]
+    assert "mmchat models fetch clip-vit-b-32" in dialog.paragraphs[-1] and "OCR" in dialog.paragraphs[-1]

@@ -63,7 +63,7 @@ def test_first_window_is_painted_within_the_limit(data_dir):
 
 def test_screenshot_command_renders_the_demo(tmp_path, data_dir):
     out = tmp_path / "shot.png"
-    result = subprocess.run([sys.executable, "-m", "mmchat.cli", "app", "--screenshot", str(out)],
+    result = subprocess.run([sys.executable, "-m", "mmchat.cli", "app", "--screenshot", str(out), "--demo"],
                             capture_output=True, text=True, timeout=120, env=_env(data_dir))
     assert result.returncode == 0, result.stderr
     image = QImage(str(out))

@@ -44,7 +44,7 @@ def test_the_imagenet_classes_are_the_1000_in_output_order():
 def test_the_default_image_encoder_is_the_pretrained_efficientnet(encoder):
     assert registry.default(registry.Role.IMAGE).name == "efficientnet-lite0"
     assert encoder.trained and "pretrained" in encoder.status
-    assert (encoder.patch_dim, encoder.num_patches) == (1280, 49)
+    assert (encoder.patch_dim, encoder.num_patches) == (1283, 49)
 
 
 @pytest.mark.parametrize("photo,kind,name", [("chelsea", "cat", None), ("coffee", None, "espresso")])
@@ -59,7 +59,7 @@ def test_efficientnet_recognises_real_photos(encoder, photo, kind, name):
 def test_features_are_a_7x7_grid_batched_as_single_images(encoder):
     images = [_skimage_photo("chelsea"), _skimage_photo("rocket")]
     both = encoder.encode(images)
-    assert both.patches.shape == (2, 49, 1280) and both.pooled.shape == (2, 1280)
+    assert both.patches.shape == (2, 49, 1283) and both.pooled.shape == (2, 1280)
     assert torch.allclose(both.pooled.norm(dim=-1), torch.ones(2), atol=1e-5)
     one = encoder.encode(images[1:])
     assert torch.allclose(both.patches[1], one.patches[0], atol=1e-4)
@@ -92,7 +92,7 @@ def test_colours_name_the_shape_and_the_background():
     ImageDraw.Draw(image).rectangle((100, 50, 200, 150), fill=(0, 150, 40))
     found = colours.palette(image)
     assert found.background == "light blue" and [c.name for c in found.colours] == ["light blue", "green"]
-    assert found.flat and evidence.describe_palette(found, drawing=True) == "It looks like a flat drawing: green on a light blue background."
+    assert found.flat and evidence.describe_palette(found, drawing=True) == "It looks like a flat drawing: a green shape on a light blue background."
     assert evidence.describe_palette(found) == "Its colours: green on a light blue background."
 
 

@@ -2,8 +2,10 @@
 
 :func:`run` builds the window from settings and the conversation store (no model code is imported
 on this path), shows it, and only after its first paint starts loading models in the background.
-``run(screenshot=PATH)`` shows a demo conversation instead (no models; of the user's data only the
-theme setting is read), saves a PNG of the window and exits 0.
+``run(screenshot=PATH)`` shows the most recent conversation of the data folder instead, loads no
+model, saves a PNG of the window and exits 0: the README's pictures are real replies, made by
+``scripts/screenshots.sh``. ``demo=True`` shows a built-in demo conversation (scripted, for layout
+tests) and reads nothing of the user's but the theme.
 """
 
 from __future__ import annotations
@@ -133,10 +135,10 @@ def start(app: QApplication, *, services=None) -> MainWindow:
     return window
 
 
-def run(*, screenshot: Path | None = None) -> int:
+def run(*, screenshot: Path | None = None, demo: bool = False) -> int:
     app = _application()
     if screenshot is not None:
-        return _screenshot(app, Path(screenshot))
+        return _screenshot(app, Path(screenshot), demo=demo)
     window = start(app)
 
     def painted() -> None:
@@ -151,14 +153,23 @@ def run(*, screenshot: Path | None = None) -> int:
     return app.exec()
 
 
-def _screenshot(app: QApplication, path: Path) -> int:
-    """The window with a demo conversation, rendered to ``path``; nothing touches the user's data."""
+def _screenshot(app: QApplication, path: Path, *, demo: bool) -> int:
+    """The window with the most recent conversation (or the demo's), rendered to ``path``; no model loads."""
     from mmchat_ui.demo import demo_services, fill_demo_store
 
-    loaded = settings_mod.load()  # only for the theme
+    loaded = settings_mod.load()
     manager = theme.ThemeManager(app, loaded.settings.theme)
-    store = ConversationStore(":memory:")
-    shown = fill_demo_store(store)
+    if demo:
+        store = ConversationStore(":memory:")
+        shown = fill_demo_store(store)
+    else:
+        store = ConversationStore(loaded.settings.database_path())
+        conversations = store.list_conversations()
+        if not conversations:
+            print(f"mmchat: no conversation in {loaded.settings.database_path()} to take a screenshot of "
+                  "(--demo shows a built-in one)", file=sys.stderr)
+            return 1
+        shown = conversations[0].id
     window = MainWindow(store=store, settings=loaded.settings, services=demo_services(), theme_manager=manager,
                         save_settings=False)
     window.resize(*SCREENSHOT_SIZE)

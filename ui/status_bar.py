@@ -7,7 +7,7 @@ from PySide6.QtWidgets import QLabel, QProgressBar, QStatusBar, QToolButton, QWi
 
 from mmchat_ui import theme
 
-ROLE_LABELS = {"llm": "Chat", "asr": "Speech", "image": "Images", "ocr": "Text in images"}
+ROLE_LABELS = {"llm": "Chat", "asr": "Speech", "image": "Images", "ocr": "OCR"}
 
 
 class _Slot:
@@ -74,7 +74,7 @@ class ModelStatusBar(QStatusBar):
         colour, word = {
             "idle": (t.muted, "not loaded"),
             "loading": (t.warning, status.detail or "loading…"),
-            "ready": (t.success, f"{status.detail}, ready" if status.detail else "ready"),
+            "ready": (t.success, status.detail or "ready"),  # "pretrained"/"untrained" for an image encoder
             "error": (t.danger, "failed"),
         }.get(status.state, (t.muted, status.state))
         slot.dot.setStyleSheet(f"color: {colour}; padding-left: 6px;")

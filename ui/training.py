@@ -21,14 +21,18 @@ class TrainingStopped(Exception):
 def train_fusion_default(engine, progress: Callable[[str, int, int], None], stop) -> dict:
     """Prepare (or reuse) the generated data, train, evaluate and save the checkpoint the chat uses."""
     from mmchat.chat import SYSTEM_PROMPT
-    from mmchat.fusion_train import DataConfig, TrainConfig, prepare_data, train_fusion
+    from mmchat.fusion_train import (VISION_RECIPE_ENCODER, VISION_RECIPE_PHOTOS, DataConfig, TrainConfig,
+                                     prepare_data, prepare_vision_data, train_fusion)
     from mmchat.media import checkpoint_dirs
 
     progress("preparing data", 0, 0)
-    train_dir, heldout_dir = prepare_data(DataConfig())
+    if engine.model_name("image") == VISION_RECIPE_ENCODER:  # the shipped recipe for the default encoder
+        train_dir, heldout_dir = prepare_vision_data(DataConfig(train_photos=VISION_RECIPE_PHOTOS))
+    else:
+        train_dir, heldout_dir = prepare_data(DataConfig())
     if stop.is_set():
         raise TrainingStopped
-    out = checkpoint_dirs(engine.model_name("llm"))[0]
+    out = checkpoint_dirs(engine.model_name("llm"), engine.model_name("image"))[0]
 
     def step(done: int, total: int) -> None:
         if stop.is_set():

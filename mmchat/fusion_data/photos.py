@@ -12,8 +12,10 @@ photos (the cat, the coffee, the rocket, ...) are never used.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,6 +25,8 @@ from PIL import Image, ImageEnhance, ImageOps
 from mmchat.fusion_data import build_dataset
 from mmchat.fusion_data.images import CANVAS_PX, ImageConfig
 from mmchat.fusion_data.records import SAMPLES_FILE, Sample, load_samples, write_samples
+
+log = logging.getLogger(__name__)
 
 PHOTO_CAPTION = "a photo"
 FACES = 60  # of lfw_subset's 200 faces, as sources
@@ -108,17 +112,25 @@ def _built(directory: Path) -> dict | None:
         return None
 
 
-def build_vision_dataset(root: Path, *, n_drawings: int, n_photos: int, seed: int,
+def build_vision_dataset(root: Path, *, n_drawings: int, n_photos: int, n_speech: int, seed: int,
                          heldout_drawings: int = 240) -> tuple[Path, Path]:
     """(train, held-out) for a pretrained image encoder's projector: generated drawings in many shades
-    (:data:`VISION_IMAGE_CONFIG`) plus augmented photos in ``root/train``; drawings only in the held-out split."""
-    drawings = build_dataset(root / "drawings", split="train", n_images=n_drawings, n_speech=0, seed=seed,
-                             image_config=VISION_IMAGE_CONFIG)
+    (:data:`VISION_IMAGE_CONFIG`), augmented photos and generated clips (the same as the default
+    dataset's for this seed) in ``root/train``; drawings only in the held-out split. Without
+    scikit-image (it is in the test and eval extras) there are no photos, and the log says so."""
+    parts = [build_dataset(root / "drawings", split="train", n_images=n_drawings, n_speech=0, seed=seed,
+                           image_config=VISION_IMAGE_CONFIG)]
     heldout = build_dataset(root / "drawings", split="heldout", n_images=heldout_drawings, n_speech=0,
                             seed=seed, image_config=VISION_IMAGE_CONFIG)
-    photos = build_photos(root / "photos", n=n_photos, seed=seed)
+    if n_photos and importlib.util.find_spec("skimage") is None:
+        log.warning("scikit-image is not installed: the projector is trained without photos "
+                    "(pip install 'mmchat[eval]' to add them)")
+    elif n_photos:
+        parts.append(build_photos(root / "photos", n=n_photos, seed=seed))
+    if n_speech:
+        parts.append(build_dataset(root / "speech", split="train", n_images=0, n_speech=n_speech, seed=seed))
     train = root / "train"
     train.mkdir(parents=True, exist_ok=True)
-    mixed = [replace(s, path=s.path.resolve()) for s in (*load_samples(drawings), *load_samples(photos))]
+    mixed = [replace(s, path=s.path.resolve()) for part in parts for s in load_samples(part)]
     write_samples(mixed, train)
     return train, heldout

@@ -9,8 +9,11 @@ One forward pass gives three things:
 
 * the 1000 ImageNet class probabilities, turned into plain-word guesses (:meth:`recognise`);
 * the 7×7 map of 1280-d features after the head convolution, as 49 "patches" (:meth:`encode`),
-  which a fusion projector reads like CLIP's patch tokens;
-* their average, L2-normalised, as the pooled embedding.
+  which a fusion projector reads like CLIP's patch tokens, each with its cell's mean colour
+  (3 more dimensions): ImageNet training shifts colours at random, so the network's features
+  barely tell yellow from blue, and a projector trained on them alone named a yellow square
+  blue;
+* the head features' average, L2-normalised, as the pooled embedding.
 
 Preprocessing is the one the weights were trained with: the shorter side resized to 256 px
 (bicubic), the centre 224×224 cropped, pixels scaled to [-1, 1] (mean = std = 0.5).
@@ -44,6 +47,7 @@ BATCH_SIZE = 16  # images per forward pass
 CONVERTER_VERSION = 1  # bump when the cached safetensors' content changes
 WEIGHTS_FILE = "model.safetensors"
 FEATURE_DIM = 1280  # channels of the head convolution
+COLOUR_DIM = 3  # each patch's mean colour (RGB in [-1, 1]) follows its features
 GRID = 7  # the head's spatial side at 224 px
 
 
@@ -72,7 +76,7 @@ class EfficientNetEncoder:
     backend = "efficientnet-lite"
     trained = True
     embed_dim = FEATURE_DIM
-    patch_dim = FEATURE_DIM
+    patch_dim = FEATURE_DIM + COLOUR_DIM
     num_patches = GRID * GRID
 
     def __init__(self, network: torch.nn.Module, *, name: str, batch_size: int = BATCH_SIZE) -> None:
@@ -80,7 +84,8 @@ class EfficientNetEncoder:
         self.name = name
         self.batch_size = batch_size
         self.fingerprint = weights_fingerprint(self.network.state_dict(), extra={"preprocess": {
-            "resize": RESIZE_TO, "crop": IMAGE_SIZE, "mean": MEAN, "std": STD, "resample": "bicubic"}})
+            "resize": RESIZE_TO, "crop": IMAGE_SIZE, "mean": MEAN, "std": STD, "resample": "bicubic",
+            "cell_colour": COLOUR_DIM}})
 
     @classmethod
     def load(cls, spec: registry.ModelSpec) -> EfficientNetEncoder:
@@ -118,23 +123,25 @@ class EfficientNetEncoder:
             batch.append(preprocess(to_rgb(image)))
         return torch.stack(batch)
 
-    def _forward(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(n, 1280, 7, 7) head features and (n, 1000) class probabilities."""
-        maps, probs = [], []
+    def _forward(self, images: Sequence[Image.Image]) -> tuple[ImageFeatures, torch.Tensor]:
+        """Features (patches: head features and cell colours) and (n, 1000) class probabilities."""
+        maps, colours, probs = [], [], []
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
-                features = self.network.extract_features(self._pixels(images[start:start + self.batch_size]))
-                logits = self.network._fc(features.mean((2, 3)))
+                pixels = self._pixels(images[start:start + self.batch_size])
+                features = self.network.extract_features(pixels)
+                probs.append(self.network._fc(features.mean((2, 3))).softmax(-1))
                 maps.append(features)
-                probs.append(logits.softmax(-1))
-        return torch.cat(maps), torch.cat(probs)
+                colours.append(F.adaptive_avg_pool2d(pixels, features.shape[-1]))
+        maps, colours = torch.cat(maps), torch.cat(colours)
+        pooled = F.normalize(maps.mean((2, 3)), dim=-1)
+        patches = torch.cat([maps, colours], 1).flatten(2).transpose(1, 2).float()  # (n, 49, 1283), row-major
+        return ImageFeatures(pooled=pooled, patches=patches), torch.cat(probs)
 
     def encode(self, images: Sequence[Image.Image]) -> ImageFeatures:
         if not images:
             return ImageFeatures(torch.zeros(0, self.embed_dim), torch.zeros(0, self.num_patches, self.patch_dim))
-        maps, _ = self._forward(images)
-        patches = maps.flatten(2).transpose(1, 2).float()  # (n, 49, 1280), row-major over the grid
-        return ImageFeatures(pooled=F.normalize(patches.mean(1), dim=-1), patches=patches)
+        return self._forward(images)[0]
 
     def classify(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """(n, 1000) ImageNet class probabilities."""
@@ -145,9 +152,7 @@ class EfficientNetEncoder:
 
     def encode_and_recognise(self, image: Image.Image, *, top_k: int = 5) -> tuple[ImageFeatures, list[Guess]]:
         """Both from one forward pass (an image turn with fusion needs both)."""
-        maps, probs = self._forward([image])
-        patches = maps.flatten(2).transpose(1, 2).float()
-        features = ImageFeatures(pooled=F.normalize(patches.mean(1), dim=-1), patches=patches)
+        features, probs = self._forward([image])
         return features, imagenet.guesses(probs[0], top_k=top_k)
 
 

@@ -177,8 +177,9 @@ def _sureness(guesses: Sequence[Guess]) -> float:
 def describe_palette(palette: colours.Palette, *, drawing: bool = False) -> str:
     names = [c.name for c in palette.colours]
     if drawing and len(names) > 1:
-        return (f"It looks like a flat drawing: {_and([n for n in names if n != palette.background])} "
-                f"on a {palette.background} background.")
+        drawn = [n for n in names if n != palette.background]
+        shapes = f"{_a(drawn[0])} shape" if len(drawn) == 1 else f"{_and(drawn)} shapes"
+        return f"It looks like a flat drawing: {shapes} on a {palette.background} background."
     if palette.background in names and len(names) > 1:
         return f"Its colours: {_and([n for n in names if n != palette.background])} on a {palette.background} background."
     return f"Its main colours: {_and(names)}."

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 MAX_OCR_SIDE = 2000
 DET_LIMIT_SIDE = 960  # px: the longer side text detection works at (measured: 0.4-2 s on 2 cores)
 MIN_SCORE = 0.5  # recognition confidence below which a piece is dropped (RapidOCR's own default)
+_WORDLIKE = re.compile(r"[^\W_]")  # a letter or a digit, in any script
 SAME_LINE = 0.5  # pieces whose centres are closer than this × the text's height (across the line) are one line
 
 
@@ -140,8 +142,9 @@ def _pieces(result) -> list[TextPiece]:
     scores = getattr(result, "scores", None)
     if boxes is None or texts is None:
         return []
+    # A piece with no letter or digit is dropped: a drawn disc or square was read as "●" or "■".
     return [TextPiece.from_box(" ".join(str(text).split()), float(score), box)
-            for box, text, score in zip(boxes, texts, scores) if str(text).strip()]
+            for box, text, score in zip(boxes, texts, scores) if _WORDLIKE.search(str(text))]
 
 
 def reading_order(pieces: Sequence[TextPiece]) -> tuple[str, ...]:
