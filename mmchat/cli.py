@@ -114,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train-fusion", help="train the image/audio fusion projectors for an LLM")
     train.add_argument("--model", metavar="NAME", help="LLM to train for (default: the default LLM)")
+    train.add_argument("--image-encoder", metavar="NAME", help="image encoder to train for (default: the default)")
     train.add_argument("--data", type=Path, metavar="DIR", help="your own samples.jsonl dataset (default: generated)")
     train.add_argument("--heldout", type=Path, metavar="DIR", help="held-out dataset for the evaluation")
     train.add_argument("--out", type=Path, metavar="DIR", help="checkpoint folder (default: your data folder)")
@@ -161,6 +162,7 @@ def _parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval-fusion", help="held-out loss/accuracy of a fusion checkpoint vs. controls")
     ev.add_argument("--model", metavar="NAME")
+    ev.add_argument("--image-encoder", metavar="NAME", help="image encoder (default: the default)")
     ev.add_argument("--checkpoint", type=Path, metavar="DIR", help="default: the one the chat uses")
     ev.add_argument("--data", type=Path, metavar="DIR", help="held-out dataset (default: generated)")
     ev.add_argument("--limit", type=int, default=60, help="questions per kind for the accuracy")
@@ -456,7 +458,7 @@ def _cmd_train_fusion(args) -> int:
     from mmchat.fusion_train import DataConfig, TrainConfig, prepare_data, prepare_vision_data, train_fusion
     from mmchat.media import checkpoint_dirs
 
-    engine = Engine(llm=args.model)
+    engine = Engine(llm=args.model, image=args.image_encoder)
     data = DataConfig(train_images=args.images, train_speech=args.speech, train_photos=args.photos, seed=args.seed)
     if args.data is not None:
         train_dir, heldout_dir = args.data, args.heldout
@@ -491,9 +493,9 @@ def _cmd_eval_fusion(args) -> int:
     from mmchat.fusion_train import HEARD_KEY, DataConfig, build_examples, encode_features, prepare_heldout
     from mmchat.media import find_checkpoint
 
-    engine = Engine(llm=args.model)
+    engine = Engine(llm=args.model, image=args.image_encoder)
     llm = engine.llm
-    directory = args.checkpoint or find_checkpoint(llm.name)
+    directory = args.checkpoint or find_checkpoint(llm.name, engine.model_name("image"))
     if directory is None:
         raise MMChatError(f"No fusion checkpoint for {llm.name}.", hint="Train one with `mmchat train-fusion`.")
     heldout = args.data or prepare_heldout(DataConfig())

@@ -152,6 +152,19 @@ class Engine:
             "ocr": _Slot("ocr", ocr, _load_text_reader, self._notify, sweep),
         }
 
+    def with_models(self, **names: str) -> Engine:
+        """An engine with other models in the named slots (``image="clip-vit-b-32"``) that shares this
+        one's other slots, loaded or not: choosing another image encoder does not load the LLM again."""
+        unknown = set(names) - set(self._slots)
+        if unknown:
+            raise ValueError(f"no slot {', '.join(sorted(unknown))}; slots: {', '.join(self._slots)}")
+        other = Engine(**{role: names.get(role, slot.model) for role, slot in self._slots.items()})
+        other._callbacks = list(self._callbacks)  # the shared slots still report through this engine
+        for role, slot in self._slots.items():
+            if role not in names:
+                other._slots[role] = slot
+        return other
+
     def add_status_callback(self, callback: StatusCallback) -> None:
         self._callbacks.append(callback)
 

@@ -1,9 +1,11 @@
-"""Learned weighted fusion: image (CLIP) and audio (Whisper) features into the LLM's embedding space.
+"""Learned weighted fusion: image (the image encoder's patch features) and audio (Whisper) features into
+the LLM's embedding space.
 
 Each modality has a projector chosen by name (``linear``, ``mlp2x_gelu``; LLaVA's builder pattern)
 that maps encoder features to a group of tokens of the LLM's hidden size:
 
-* image: CLIP patch tokens (7×7 grid of 768-d), optionally standardised per dimension by the
+* image: the encoder's 7×7 grid of patch features (CLIP's 768-d tokens; EfficientNet-Lite0's 1280-d
+  head features with each cell's mean colour, 1283-d), optionally standardised per dimension by the
   training set's statistics (``image_stats``) → average-pooled to a k×k grid (k = 7 keeps every
   patch) → projector → k² tokens;
 * audio: Whisper encoder frames of the speech actually present → ``audio_stack`` consecutive frames
@@ -53,9 +55,9 @@ COLLAPSE_FRAMES = 1500  # 30 s of Whisper frames (20 ms each)
 class FusionConfig:
     llm: str  # registry name of the frozen LLM
     hidden_size: int  # its embedding width
-    image_encoder: str = "clip-vit-b-32"
+    image_encoder: str = "clip-vit-b-32"  # registry name of the image encoder the projector reads
     image_fingerprint: str = ""  # sha256 of the encoder weights the projector was trained against
-    image_dim: int = 768  # CLIP ViT-B/32 patch width
+    image_dim: int = 768  # its patch width (CLIP ViT-B/32: 768; EfficientNet-Lite0 + colour: 1283)
     image_grid: int = 4  # patches pooled from 7×7 to grid×grid cells
     # Standardise each CLIP feature dimension by the training features' mean and std (buffers
     # image_mean, image_std) before the projector. The seeded random-init CLIP's patch tokens share a

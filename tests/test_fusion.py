@@ -33,7 +33,7 @@ def test_train_fusion_cli_passes_the_image_and_audio_options(monkeypatch, tmp_pa
     from mmchat import cli, engine, fusion_train
 
     class NoModels:
-        def __init__(self, llm=None):
+        def __init__(self, llm=None, image=None):
             pass
 
         def model_name(self, kind):

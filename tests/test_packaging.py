@@ -22,7 +22,8 @@ from mmchat import registry
 ROOT = Path(__file__).resolve().parent.parent
 ICON_SIZES = (16, 22, 24, 32, 48, 64, 128, 256, 512)  # px, as scripts/render_icons.py renders them
 MAX_WHEEL_FILE_BYTES = 1_000_000  # nothing in the wheel is a model weight file ...
-SHIPPED_FUSION = "mmchat/assets/fusion/qwen2.5-coder-0.5b-instruct/fusion.safetensors"  # ... but this one
+SHIPPED_FUSION = tuple(f"mmchat/assets/fusion/qwen2.5-coder-0.5b-instruct/{encoder}/fusion.safetensors"
+                       for encoder in ("efficientnet-lite0", "clip-vit-b-32"))  # ... but these
 MAX_FUSION_BYTES = 16_000_000
 WEIGHT_SUFFIXES = (".gguf", ".bin", ".onnx", ".pt", ".ckpt")
 BUILD_TIMEOUT_S = 300
@@ -57,8 +58,9 @@ def test_wheel_holds_modules_and_assets_but_no_weights(wheel):
     assert not any(n.startswith(("tests/", "packaging/", "ui/")) for n in names)
     assert not [n for n in names if n.endswith(WEIGHT_SUFFIXES)]
     sizes = {i.filename: i.file_size for i in infos}
-    assert 0 < sizes.pop(SHIPPED_FUSION) < MAX_FUSION_BYTES  # the trained projectors, small, shipped
-    assert "mmchat/assets/fusion/qwen2.5-coder-0.5b-instruct/fusion.json" in sizes
+    for shipped in SHIPPED_FUSION:
+        assert 0 < sizes.pop(shipped) < MAX_FUSION_BYTES  # the trained projectors, small, shipped
+    assert "mmchat/assets/fusion/qwen2.5-coder-0.5b-instruct/efficientnet-lite0/fusion.json" in sizes
     assert max(sizes.values()) < MAX_WHEEL_FILE_BYTES
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     with zipfile.ZipFile(wheel) as z:

@@ -265,3 +265,37 @@ def _ask(engine, image, question: str) -> str:
     session = ChatSession(engine, None, generation=GenerationConfig(max_new_tokens=80, temperature=0.0))
     return "".join(e.text for e in session.send(question, images=[image]) if e.kind == "token")
 
+
+
+def test_eval_vision_scores_words_and_exact_strings():
+    from mmchat.vision.eval import is_right, summarise
+    from mmchat.vision.eval_sets import Case
+
+    word = Case("photos", "cat", "What is in this picture?", ("cat",), False, "heldout", lambda: None)
+    assert is_right("Two Cats on a sofa.", word) and not is_right("A category of things.", word)
+    exact = Case("screenshots", "e", "Which error?", ("KeyError",), True, "heldout", lambda: None)
+    assert is_right("It is a KeyError.", exact) and not is_right("it is a keyerror", exact)
+    rows = [{"set": "photos", "split": "heldout", "kind": "object", "right": r} for r in (True, True, False)]
+    assert summarise(rows)["photos/heldout"] == {"right": 2, "asked": 3, "rate": 0.667}
+
+
+def test_the_eval_sets_are_seeded_and_keep_training_photos_apart():
+    from mmchat.vision.eval_sets import PHOTOS, cases_photos_in_training
+
+    first, again = screenshots(n=6, seed=2), screenshots(n=6, seed=2)
+    assert [c.expected for c in first] == [c.expected for c in again]
+    assert np.array_equal(np.asarray(first[0].image()), np.asarray(again[0].image()))
+    held = {name for name, _, _, split in PHOTOS if split == "heldout"}
+    assert {"chelsea", "coffee", "rocket", "astronaut"} <= held and not held & cases_photos_in_training()
+
+
+@pytest.mark.slow
+def test_eval_vision_command_reports_each_picture_as_json(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "mmchat", "eval-vision", "--set", "screenshots", "--n", "2",
+                          "--json", "--images", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert [r["set"] for r in report["results"]] == ["screenshots", "screenshots"]
+    assert all(r["reply"] and r["question"] and r["expected"] for r in report["results"])
+    assert report["summary"]["screenshots/heldout"]["asked"] == 2
+    assert len(list(tmp_path.glob("screenshots-*.png"))) == 2

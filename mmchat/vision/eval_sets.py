@@ -85,6 +85,11 @@ def _skimage_photo(loader: str) -> Image.Image:
     return load_image(_png(image))  # through the app's own loader, as a dropped file would go
 
 
+def cases_photos_in_training() -> set[str]:
+    """The photos fusion training may use (:mod:`mmchat.fusion_data.photos`); the rest are held out."""
+    return {name for name, _, _, split in PHOTOS if split == "train"}
+
+
 def photos() -> list[Case]:
     return [Case("photos", name, WHAT_IS_IT, words, False, split, lambda loader=loader: _skimage_photo(loader),
                  "object") for name, loader, words, split in PHOTOS]
