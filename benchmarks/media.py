@@ -25,9 +25,9 @@ def sample_photo():
     """scikit-image's coffee photo scaled to 1024×768 (its own is 600×400)."""
     from PIL import Image
 
-    from mmchat.vision.eval_sets import _skimage_photo
+    from mmchat.vision.eval_sets import load_photo
 
-    return _skimage_photo("coffee").resize((1024, 768), Image.Resampling.BICUBIC)
+    return load_photo("coffee").resize((1024, 768), Image.Resampling.BICUBIC)
 
 
 def sample_screenshot():

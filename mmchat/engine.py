@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SlotStatus:
-    role: str  # "llm", "asr", "image", "ocr"
+    role: str  # "llm", "asr", "image", "ocr", "faces"
     model: str  # registry name
     state: str  # "idle" | "loading" | "ready" | "error"
     detail: str = ""  # error message, "pretrained"/"untrained" (image encoders), progress text
@@ -130,18 +130,26 @@ def _load_text_reader(name: str, progress):
     return TextReader.load(name)
 
 
+def _load_face_finder(name: str, progress):
+    from mmchat.vision.faces import FaceFinder
+
+    return FaceFinder.load(name)
+
+
 class Engine:
-    """Holds one LLM, one speech model, one image encoder and one OCR model, each loaded on first use."""
+    """Holds one LLM, one speech model, one image encoder, one OCR model and a face detector, each
+    loaded on first use."""
 
     def __init__(self, *, llm: str | None = None, asr: str | None = None, image: str | None = None,
-                 ocr: str | None = None, on_status: StatusCallback | None = None) -> None:
+                 ocr: str | None = None, faces: str | None = None, on_status: StatusCallback | None = None) -> None:
         self._callbacks: list[StatusCallback] = [on_status] if on_status else []
         llm = llm or registry.default(registry.Role.LLM).name
         asr = asr or registry.default(registry.Role.ASR).name
         image = image or registry.default(registry.Role.IMAGE).name
         ocr = ocr or registry.default(registry.Role.OCR).name
+        faces = faces or registry.default(registry.Role.FACES).name
         for name, role in ((llm, registry.Role.LLM), (asr, registry.Role.ASR), (image, registry.Role.IMAGE),
-                           (ocr, registry.Role.OCR)):
+                           (ocr, registry.Role.OCR), (faces, registry.Role.FACES)):
             if registry.get(name).role is not role:
                 raise MMChatError(f"{name} is not a {role.value} model.")
         sweep = _Sweep()
@@ -150,6 +158,7 @@ class Engine:
             "asr": _Slot("asr", asr, _load_whisper, self._notify, sweep),
             "image": _Slot("image", image, _load_image_encoder, self._notify, sweep),
             "ocr": _Slot("ocr", ocr, _load_text_reader, self._notify, sweep),
+            "faces": _Slot("faces", faces, _load_face_finder, self._notify, sweep),
         }
 
     def with_models(self, **names: str) -> Engine:
@@ -191,6 +200,11 @@ class Engine:
     def text_reader(self):
         """The OCR model (:class:`mmchat.vision.ocr.TextReader`)."""
         return self._slots["ocr"].get()
+
+    @property
+    def face_finder(self):
+        """The face detector (:class:`mmchat.vision.faces.FaceFinder`)."""
+        return self._slots["faces"].get()
 
     def status(self) -> dict[str, SlotStatus]:
         return {role: slot.status for role, slot in self._slots.items()}

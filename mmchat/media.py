@@ -83,10 +83,12 @@ class MediaEncoder:
         problems: list[str] = []
         encoder = _slot(lambda: self.engine.image_encoder, "the image encoder", problems)
         reader = _slot(lambda: self.engine.text_reader, "text reading (OCR)", problems)
+        face_finder = _slot(lambda: self.engine.face_finder, "the face detector", problems)
         tokens, guesses = None, None
         if self.image_fusion and encoder is not None:
             tokens, guesses = self._fusion_tokens(encoder, image, problems)
-        found = evidence.gather(image, index=index, encoder=encoder, reader=reader, guesses=guesses)
+        found = evidence.gather(image, index=index, encoder=encoder, reader=reader, face_finder=face_finder,
+                                guesses=guesses)
         problems += found.problems
         text = found.render()
         tensors: tuple = ()

@@ -28,6 +28,7 @@ class Role(enum.Enum):
     TEXT_EMBED = "text-embedder"
     TTS = "tts"
     OCR = "ocr"
+    FACES = "face-detector"
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,18 @@ MODELS: tuple[ModelSpec, ...] = (
         source_format="onnx",
         default=True,
         notes="Weights by Baidu/PaddleOCR, redistributed in the rapidocr wheel.",
+    ),
+    ModelSpec(
+        name="haar-frontalface-alt2",
+        role=Role.FACES,
+        description="OpenCV's frontal-face Haar cascade (alt2): says a photo has people in it, which ImageNet "
+        "has no class for",
+        licence="BSD-3-Clause (Intel License Agreement)",
+        size_bytes=540_616,
+        parts=(PackageFile("opencv-python-headless", "4.14.0.94", "cv2", "data/haarcascade_frontalface_alt2.xml"),),
+        sha256="7b0c967d9abbdfbde025eb9c786947d151b6426040d07a8f9562ed8fd90724b4",
+        source_format="opencv-haar",
+        default=True,
     ),
     ModelSpec(
         name="piper-joe-medium",

@@ -41,7 +41,7 @@ def conversation(engine, tmp_path_factory):
     from mmchat.chat import ChatSession
     from mmchat.llm import GenerationConfig
     from mmchat.store import ConversationStore
-    from mmchat.vision.eval_sets import ERRORS, _page, _skimage_photo
+    from mmchat.vision.eval_sets import ERRORS, _page, load_photo
 
     data = tmp_path_factory.mktemp("screenshot-data")
     store = ConversationStore(data / "mmchat.sqlite3")
@@ -51,7 +51,7 @@ def conversation(engine, tmp_path_factory):
                                              ('  File "/home/ada/report.py", line 12, in <module>', False),
                                              (f"{name}: {message}", True)], mono=True, size=(1150, 300))
     replies = []
-    for (question, _), image in zip(TURNS, (_skimage_photo("chelsea"), error)):
+    for (question, _), image in zip(TURNS, (load_photo("chelsea"), error)):
         replies.append("".join(e.text for e in session.send(question, images=[image]) if e.kind == "token"))
     store.close()
     return data, replies

@@ -158,10 +158,10 @@ def test_gui_stays_responsive_while_a_photo_is_seen_and_answered(qtbot, real_win
     pool) and the LLM's reply, while the GUI ticks."""
     from PIL import Image
 
-    from mmchat.vision.eval_sets import _skimage_photo
+    from mmchat.vision.eval_sets import load_photo
 
     path = tmp_path / "cat.jpg"
-    _skimage_photo("chelsea").resize((1024, 768), Image.Resampling.BICUBIC).save(path, quality=90)
+    load_photo("chelsea").resize((1024, 768), Image.Resampling.BICUBIC).save(path, quality=90)
     window = real_window()
     window.composer.add_paths([path])
     qtbot.waitUntil(lambda: len(window.composer.images) == 1, timeout=REAL_WAIT_MS)

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 from mmchat import registry
 from mmchat.errors import MMChatError
 from mmchat.vision import colours, evidence, imagenet, load_image_encoder
-from mmchat.vision.eval_sets import ERRORS, _skimage_photo, drawing, screenshots
+from mmchat.vision.eval_sets import ERRORS, load_photo, drawing, screenshots
 from mmchat.vision.features import Guess
 from mmchat.vision.ocr import TextPiece, TextReader, TextReading, reading_order
 
@@ -49,7 +49,7 @@ def test_the_default_image_encoder_is_the_pretrained_efficientnet(encoder):
 
 @pytest.mark.parametrize("photo,kind,name", [("chelsea", "cat", None), ("coffee", None, "espresso")])
 def test_efficientnet_recognises_real_photos(encoder, photo, kind, name):
-    guesses = encoder.recognise(_skimage_photo(photo))
+    guesses = encoder.recognise(load_photo(photo))
     if kind:
         assert guesses[0].kind == kind and sum(g.probability for g in guesses if g.kind == kind) > 0.8
     else:
@@ -57,7 +57,7 @@ def test_efficientnet_recognises_real_photos(encoder, photo, kind, name):
 
 
 def test_features_are_a_7x7_grid_batched_as_single_images(encoder):
-    images = [_skimage_photo("chelsea"), _skimage_photo("rocket")]
+    images = [load_photo("chelsea"), load_photo("rocket")]
     both = encoder.encode(images)
     assert both.patches.shape == (2, 49, 1283) and both.pooled.shape == (2, 1280)
     assert torch.allclose(both.pooled.norm(dim=-1), torch.ones(2), atol=1e-5)
@@ -205,7 +205,7 @@ def test_a_failing_tool_is_reported_and_the_rest_of_the_evidence_kept():
 
 @pytest.mark.slow
 def test_the_reply_to_a_photo_of_a_cat_says_cat(engine):
-    reply = _ask(engine, _skimage_photo("chelsea"), "What is in this picture?")
+    reply = _ask(engine, load_photo("chelsea"), "What is in this picture?")
     assert "cat" in reply.lower(), reply
 
 
@@ -299,3 +299,20 @@ def test_eval_vision_command_reports_each_picture_as_json(tmp_path):
     assert all(r["reply"] and r["question"] and r["expected"] for r in report["results"])
     assert report["summary"]["screenshots/heldout"]["asked"] == 2
     assert len(list(tmp_path.glob("screenshots-*.png"))) == 2
+
+
+@pytest.mark.parametrize("photo,faces", [("astronaut", 1), ("grace_hopper", 1), ("chelsea", 0), ("coins", 0),
+                                         ("coffee", 0)])
+def test_the_face_detector_finds_the_people_imagenet_cannot_name(photo, faces):
+    from mmchat.vision.eval_sets import PHOTOS, load_photo
+    from mmchat.vision.faces import FaceFinder
+
+    finder = FaceFinder.load("haar-frontalface-alt2")
+    loader = next(loader for name, loader, _, _ in PHOTOS if name == photo)
+    assert finder.count(load_photo(loader)) == faces
+
+
+def test_a_face_makes_the_evidence_say_person_and_not_unsure():
+    unsure = (Guess("football helmet", 0.16), Guess("bobsled", 0.11))
+    found = evidence.ImageEvidence(1, (512, 512), guesses=unsure, recogniser="ImageNet classifier", faces=1)
+    assert "It shows a person: the face detector found 1 human face" in found.render() and not found.unsure

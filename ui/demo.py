@@ -18,7 +18,7 @@ from mmchat.engine import SlotStatus
 from mmchat.probe import Probe
 
 DEMO_MODELS = {"llm": "qwen2.5-coder-0.5b-instruct", "asr": "whisper-base", "image": "efficientnet-lite0",
-               "ocr": "pp-ocrv6-small"}
+               "ocr": "pp-ocrv6-small", "faces": "haar-frontalface-alt2"}
 
 
 def _words(text: str) -> list[str]:
@@ -114,6 +114,15 @@ class DemoTextReader:
         return TextReading((), 0.0)
 
 
+class DemoFaceFinder:
+    """Finds no face (no model)."""
+
+    name = DEMO_MODELS["faces"]
+
+    def count(self, image) -> int:
+        return 0
+
+
 class DemoEngine:
     """Engine-shaped, with every slot "ready"."""
 
@@ -140,6 +149,10 @@ class DemoEngine:
     @property
     def text_reader(self) -> DemoTextReader:
         return self._reader
+
+    @property
+    def face_finder(self) -> DemoFaceFinder:
+        return DemoFaceFinder()
 
     def add_status_callback(self, callback) -> None:
         self._callbacks.append(callback)

@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 RENDER_INTERVAL_MS = 40  # streamed tokens are drawn at most this often
 SIDEBAR_WIDTH = 270  # px
 COMPOSER_MAX_WIDTH = 800  # px, matches the conversation column
-MODEL_ROLES = (("llm", "llm"), ("asr", "whisper"), ("image", "image_encoder"), ("ocr", "text_reader"))  # slot, Engine attribute
+MODEL_ROLES = (("llm", "llm"), ("asr", "whisper"), ("image", "image_encoder"), ("ocr", "text_reader"),
+               ("faces", "face_finder"))  # slot, Engine attribute
 
 
 class _EngineBridge(QObject):

@@ -39,11 +39,11 @@ def photo_sources() -> list[Image.Image]:
     """The training photos: eval-vision's ``train`` photos and the first :data:`FACES` faces."""
     from skimage import data
 
-    from mmchat.vision.eval_sets import PHOTOS, _skimage_photo, cases_photos_in_training
+    from mmchat.vision.eval_sets import PHOTOS, load_photo, cases_photos_in_training
 
     # The horse is a flat two-colour silhouette: as "a photo" it would teach that drawings are photos.
     allowed = cases_photos_in_training() - {"horse"}
-    photos = [_skimage_photo(loader) for name, loader, _, _ in PHOTOS if name in allowed]
+    photos = [load_photo(loader) for name, loader, _, _ in PHOTOS if name in allowed]
     faces = data.lfw_subset()[:FACES]
     photos += [Image.fromarray((np.clip(f, 0, 1) * 255).astype(np.uint8)).convert("RGB") for f in faces]
     return photos

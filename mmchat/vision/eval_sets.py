@@ -1,8 +1,9 @@
 """The pictures `mmchat eval-vision` shows the shipped models, each with a question and what a
 right reply must contain.
 
-* **photos** — real photographs that scikit-image bundles (no download): the cat, the coffee cup,
-  the rocket, ... Some are kept out of fusion training (``heldout``) and reported apart.
+* **photos** — real photographs that packages bundle (no download): scikit-image's cat, coffee cup,
+  rocket, ..., scikit-learn's temple and flower, matplotlib's portrait of Grace Hopper. Some are kept
+  out of fusion training (``heldout``) and reported apart.
 * **screenshots** — terminal errors, receipts, notices and dialog boxes rendered here in several
   fonts, sizes and colours, slightly rotated; the reply must reproduce a string exactly (an
   error name, an amount, a date, a room number).
@@ -50,10 +51,15 @@ class Case:
 
 
 # -- photos ---------------------------------------------------------------------------------------
-# (name, loader in skimage.data, words a right answer uses, split). The held-out photos are the
-# ones of everyday things; the others (textures, scientific images, a silhouette) may be used by
-# fusion training, and are reported apart.
+# (name, loader: a skimage.data function or "package:path" of a file in a package, words a right
+# answer uses, split). The held-out photos are the ones of everyday things; the others (textures,
+# scientific images, a silhouette) may be used by fusion training, and are reported apart.
 PHOTOS = (
+    ("china", "sklearn:datasets/images/china.jpg", ("temple", "palace", "pagoda", "monastery", "building"),
+     "heldout"),
+    ("flower", "sklearn:datasets/images/flower.jpg", ("flower", "daisy"), "heldout"),
+    ("grace_hopper", "matplotlib:mpl-data/sample_data/grace_hopper.jpg",
+     ("person", "woman", "lady", "officer", "uniform"), "heldout"),
     ("chelsea", "chelsea", ("cat", "kitten"), "heldout"),
     ("coffee", "coffee", ("coffee", "espresso", "cup", "mug"), "heldout"),
     ("rocket", "rocket", ("rocket", "missile", "space shuttle", "spacecraft"), "heldout"),
@@ -72,7 +78,10 @@ PHOTOS = (
 )
 
 
-def _skimage_photo(loader: str) -> Image.Image:
+def load_photo(loader: str) -> Image.Image:
+    """A photo of :data:`PHOTOS` by its loader, through the app's own image loader."""
+    if ":" in loader:
+        return _package_photo(*loader.split(":", 1))
     try:
         from skimage import data
     except ImportError:
@@ -85,13 +94,24 @@ def _skimage_photo(loader: str) -> Image.Image:
     return load_image(_png(image))  # through the app's own loader, as a dropped file would go
 
 
+def _package_photo(package: str, path: str) -> Image.Image:
+    """A photo file inside an installed package, found without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MMChatError(f"The photo set needs the {package} package, which ships one of its photos.",
+                          hint="Install it with: pip install 'mmchat[eval]' (the test setup has it).")
+    return load_image(Path(next(iter(spec.submodule_search_locations))) / path)
+
+
 def cases_photos_in_training() -> set[str]:
     """The photos fusion training may use (:mod:`mmchat.fusion_data.photos`); the rest are held out."""
     return {name for name, _, _, split in PHOTOS if split == "train"}
 
 
 def photos() -> list[Case]:
-    return [Case("photos", name, WHAT_IS_IT, words, False, split, lambda loader=loader: _skimage_photo(loader),
+    return [Case("photos", name, WHAT_IS_IT, words, False, split, lambda loader=loader: load_photo(loader),
                  "object") for name, loader, words, split in PHOTOS]
 
 

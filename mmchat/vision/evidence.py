@@ -59,40 +59,57 @@ class ImageEvidence:
     recogniser: str = ""  # what made the guesses, e.g. "ImageNet classifier"
     palette: colours.Palette | None = None
     text: TextReading | None = None  # None: not read (no reader, or it failed)
+    faces: int | None = None  # human faces found; None: not looked for
     problems: tuple[str, ...] = field(default=())  # for the user: what could not be done
 
     def render(self) -> str:
-        size = f"Image {self.index} ({self.size[0]} × {self.size[1]} pixels)"
-        quoted = _text_lines(self.text) if self.text is not None else []
-        lines = [OPEN.format(index=self.index)]
-        if self.mostly_text:  # a screenshot or a page: what it says leads, the colours follow
-            guess = (f" (the object classifier's best guess: {_a(self.guesses[0].name)}, "
-                     f"{_percent(self.guesses[0].probability)} sure)") if self.guesses else ""
-            lines += [f"{size} shows text{guess}. {quoted[0]}", *quoted[1:]]
-            if self.palette is not None and self.palette.colours:
-                lines.append(describe_palette(self.palette))
-        elif self.drawing:  # the colours are the facts; an ImageNet guess is a long shot
-            lines += [f"{size}, as mmchat's image tools describe it:", describe_palette(self.palette, drawing=True)]
-            if self.recogniser and self.unsure:
-                lines.append(f"The object classifier recognises no everyday object in it (its best guess is only "
-                             f"{_percent(self.guesses[0].probability)} sure).")
-            elif self.recogniser:
-                lines.append(describe_guesses(self.guesses))
-            lines += quoted
+        """The delimited block: a screenshot or page leads with its text, a drawing with its colours
+        (an ImageNet guess about a drawing is a long shot), a photo with what the classifier says."""
+        if self.mostly_text:
+            body = self._text_first()
+        elif self.drawing:
+            body = self._colours_first()
         else:
-            lines.append(f"{size}, as mmchat's image tools describe it:")
-            if self.recogniser:
-                lines.append(describe_guesses(self.guesses))
-            if self.palette is not None and self.palette.colours:
-                lines.append(describe_palette(self.palette))
-            lines += quoted
-        lines.append(CLOSE)
-        return "\n".join(line for line in lines if line)
+            body = self._objects_first()
+        return "\n".join([OPEN.format(index=self.index), *(line for line in body if line), CLOSE])
+
+    @property
+    def _size(self) -> str:
+        return f"Image {self.index} ({self.size[0]} × {self.size[1]} pixels)"
+
+    def _text_first(self) -> list[str]:
+        quoted = _text_lines(self.text)
+        guess = (f" (the object classifier's best guess: {_a(self.guesses[0].name)}, "
+                 f"{_percent(self.guesses[0].probability)} sure)") if self.guesses else ""
+        return [f"{self._size} shows text{guess}. {quoted[0]}", *quoted[1:], self._palette()]
+
+    def _colours_first(self) -> list[str]:
+        lines = [f"{self._size}, as mmchat's image tools describe it:", describe_palette(self.palette, drawing=True)]
+        if self.recogniser and self.unsure:
+            lines.append(f"The object classifier recognises no everyday object in it (its best guess is only "
+                         f"{_percent(self.guesses[0].probability)} sure).")
+        elif self.recogniser:
+            lines.append(describe_guesses(self.guesses))
+        return lines + (_text_lines(self.text) if self.text is not None else [])
+
+    def _objects_first(self) -> list[str]:
+        lines = [f"{self._size}, as mmchat's image tools describe it:"]
+        if self.faces:
+            people = "a person" if self.faces == 1 else f"{self.faces} people"
+            lines.append(f"It shows {people}: the face detector found {self.faces} human "
+                         f"face{'s' if self.faces != 1 else ''} in it (the object classifier has no class for people).")
+        if self.recogniser:
+            lines.append(describe_guesses(self.guesses))
+        return [*lines, self._palette(), *(_text_lines(self.text) if self.text is not None else [])]
+
+    def _palette(self) -> str:
+        return describe_palette(self.palette) if self.palette is not None and self.palette.colours else ""
 
     @property
     def unsure(self) -> bool:
         """The classifier named something, but is not sure of it (clip art, things outside ImageNet)."""
-        return bool(self.recogniser) and _sureness(self.guesses) < UNSURE_BELOW and not self.mostly_text
+        return (bool(self.recogniser) and _sureness(self.guesses) < UNSURE_BELOW and not self.mostly_text
+                and not self.faces)
 
     @property
     def drawing(self) -> bool:
@@ -112,7 +129,7 @@ class ImageEvidence:
         return sum(len(escape_line(line)) for line in self.text.lines) if self.text is not None else 0
 
 
-def gather(image: Image.Image, *, index: int, encoder=None, reader=None,
+def gather(image: Image.Image, *, index: int, encoder=None, reader=None, face_finder=None,
            guesses: Sequence[Guess] | None = None) -> ImageEvidence:
     """Evidence about ``image`` from whichever tools are given; each failure is noted, not raised.
 
@@ -126,7 +143,8 @@ def gather(image: Image.Image, *, index: int, encoder=None, reader=None,
         recogniser = recogniser_name(encoder)
     palette = _attempt(lambda: colours.palette(image), "measuring colours", problems)
     text = _attempt(lambda: reader.read(image), "reading text", problems) if reader is not None else None
-    return ImageEvidence(index, image.size, tuple(guesses or ()), recogniser, palette, text, tuple(problems))
+    faces = _attempt(lambda: face_finder.count(image), "finding faces", problems) if face_finder is not None else None
+    return ImageEvidence(index, image.size, tuple(guesses or ()), recogniser, palette, text, faces, tuple(problems))
 
 
 def recogniser_name(encoder) -> str:
