@@ -118,11 +118,11 @@ class ImageEvidence:
 
     @property
     def mostly_text(self) -> bool:
-        """A screenshot, a page, a sign: OCR found lines of text, or some text and nothing the
-        classifier is sure of."""
-        if self._text_chars >= MOSTLY_TEXT_CHARS:
-            return True
-        return bool(self._text_chars) and (not self.recogniser or _sureness(self.guesses) < UNSURE_BELOW)
+        """A screenshot, a page, a notice: OCR found lines of text (a few letters on a photo, a name
+        badge or a shop sign, do not make one), and no face."""
+        if self.faces:
+            return False
+        return self._text_chars >= MOSTLY_TEXT_CHARS or (bool(self._text_chars) and not self.recogniser)
 
     @property
     def _text_chars(self) -> int:
