@@ -630,6 +630,7 @@ def require_modalities(samples: Sequence) -> None:
 # -- the whole job ---------------------------------------------------------------------------------
 VISION_RECIPE_ENCODER = "efficientnet-lite0"  # whose shipped projector the vision data trained
 VISION_RECIPE_PHOTOS = 1500  # augmented photos in it
+AUDIO_DONOR_ENCODER = "clip-vit-b-32"  # the shipped checkpoint whose audio branch the vision recipe keeps
 
 
 @dataclass(frozen=True)
@@ -660,6 +661,27 @@ def prepare_heldout(config: DataConfig, *, root: Path | None = None) -> Path:
 
     return build_dataset(root or _data_root(config), split="heldout", n_images=config.heldout_images,
                          n_speech=config.heldout_speech, seed=config.seed)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the shipped checkpoint for an image encoder was trained (scripts/train-*-fusion-asset.sh)."""
+
+    data: DataConfig
+    train: TrainConfig
+    audio_from: Path | None  # a shipped checkpoint whose audio branch is kept
+    vision_data: bool  # prepare_vision_data rather than prepare_data
+
+
+def shipped_recipe(llm_name: str, image_encoder: str) -> Recipe:
+    """The recipe the app's "Train fusion" follows for this LLM and image encoder."""
+    if image_encoder != VISION_RECIPE_ENCODER:
+        return Recipe(DataConfig(), TrainConfig(), None, vision_data=False)
+    donor = paths.assets_dir() / "fusion" / llm_name / AUDIO_DONOR_ENCODER
+    has_donor = (donor / fusion_mod.META_FILE).is_file()
+    return Recipe(DataConfig(train_photos=VISION_RECIPE_PHOTOS),
+                  TrainConfig(steps=60, train="weights", lr=0.05) if has_donor else TrainConfig(),
+                  donor if has_donor else None, vision_data=True)
 
 
 def prepare_vision_data(config: DataConfig, *, root: Path | None = None) -> tuple[Path, Path]:

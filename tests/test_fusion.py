@@ -255,3 +255,15 @@ def test_a_voice_message_adds_one_token_per_word_heard_and_nothing_when_none_is(
     assert part.tensors[0].shape == (5, 32) and part.tensors[0].dtype == torch.bfloat16  # 4 runs + summary
     f._read = lambda stacks, mask: torch.full(mask.shape, 3)
     assert media.audio(speech, transcript="x").text == ""
+
+
+def test_the_apps_training_follows_each_shipped_recipe():
+    """Train fusion (Settings) makes what scripts/train-*-fusion-asset.sh made for that image encoder."""
+    from mmchat.fusion_train import shipped_recipe
+
+    vision = shipped_recipe("qwen2.5-coder-0.5b-instruct", "efficientnet-lite0")
+    assert vision.vision_data and vision.data.train_photos == 1500
+    assert vision.audio_from.name == "clip-vit-b-32" and (vision.audio_from / "fusion.json").is_file()
+    assert (vision.train.steps, vision.train.train) == (60, "weights")
+    clip = shipped_recipe("qwen2.5-coder-0.5b-instruct", "clip-vit-b-32")
+    assert not clip.vision_data and clip.audio_from is None and clip.train.steps == 0

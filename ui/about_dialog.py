@@ -86,6 +86,10 @@ class AboutDialog(QDialog):
         versions = [["mmchat", report["mmchat"]], ["Python", report["python"]], ["platform", report["platform"]]]
         versions += [[name, version or "not installed"] for name, version in report["libraries"].items()]
         features = [[name, "yes" if f["ok"] else "no", f["reason"]] for name, f in report["features"].items()]
+        image = report["images"]
+        features.insert(0, ["image encoder", "yes" if image["pretrained"] else "untrained",
+                            f"{image['encoder']} ({'pretrained' if image['pretrained'] else 'seeded random init'}); "
+                            f"text in images: {image['ocr']}"])
         self.models_table = _table(["Model", "Role", "Licence", "State", "Size"], models)
         self.paths_table = _table(["What", "Where"], [[k, v] for k, v in report["paths"].items()])
         self.tabs.addTab(self.models_table, "Models")

@@ -21,15 +21,12 @@ class TrainingStopped(Exception):
 def train_fusion_default(engine, progress: Callable[[str, int, int], None], stop) -> dict:
     """Prepare (or reuse) the generated data, train, evaluate and save the checkpoint the chat uses."""
     from mmchat.chat import SYSTEM_PROMPT
-    from mmchat.fusion_train import (VISION_RECIPE_ENCODER, VISION_RECIPE_PHOTOS, DataConfig, TrainConfig,
-                                     prepare_data, prepare_vision_data, train_fusion)
+    from mmchat.fusion_train import prepare_data, prepare_vision_data, shipped_recipe, train_fusion
     from mmchat.media import checkpoint_dirs
 
     progress("preparing data", 0, 0)
-    if engine.model_name("image") == VISION_RECIPE_ENCODER:  # the shipped recipe for the default encoder
-        train_dir, heldout_dir = prepare_vision_data(DataConfig(train_photos=VISION_RECIPE_PHOTOS))
-    else:
-        train_dir, heldout_dir = prepare_data(DataConfig())
+    recipe = shipped_recipe(engine.model_name("llm"), engine.model_name("image"))
+    train_dir, heldout_dir = (prepare_vision_data if recipe.vision_data else prepare_data)(recipe.data)
     if stop.is_set():
         raise TrainingStopped
     out = checkpoint_dirs(engine.model_name("llm"), engine.model_name("image"))[0]
@@ -39,8 +36,8 @@ def train_fusion_default(engine, progress: Callable[[str, int, int], None], stop
             raise TrainingStopped
         progress("training", done, total)
 
-    return train_fusion(engine, train_dir=train_dir, heldout_dir=heldout_dir, out=out, config=TrainConfig(),
-                        system_prompt=SYSTEM_PROMPT, progress=step)
+    return train_fusion(engine, train_dir=train_dir, heldout_dir=heldout_dir, out=out, config=recipe.train,
+                        system_prompt=SYSTEM_PROMPT, progress=step, audio_from=recipe.audio_from)
 
 
 class FusionTraining(QObject):
