@@ -13,6 +13,7 @@ them there, without the packages' Python code.
 from __future__ import annotations
 
 import enum
+import hashlib
 import importlib.util
 import sys
 from dataclasses import dataclass, field
@@ -107,6 +108,23 @@ class ModelSpec:
 
     def locate_parts(self) -> list[Path]:
         return [p.locate() for p in self.parts]
+
+    def verified_parts(self, role: Role) -> list[Path]:
+        """The parts, checked to be a ``role`` model whose joined bytes match the registry sha256
+        (for models used straight from their package, with no verified conversion in between)."""
+        if self.role is not role:
+            raise MMChatError(f"{self.name} is not a {role.value} model (it is a {self.role.value} model).")
+        parts = self.locate_parts()
+        digest = hashlib.sha256()
+        for part in parts:
+            with open(part, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+        if digest.hexdigest() != self.sha256:
+            raise MMChatError(f"The files of {self.name} do not match their registry sha256 (a corrupt or different "
+                              f"version of {', '.join(sorted({p.distribution for p in self.parts}))}).",
+                              hint="Reinstall the model packages: the README's setup command does this.")
+        return parts
 
     def locate_extra(self, path: str) -> Path:
         for extra in self.extras:

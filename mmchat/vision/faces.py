@@ -18,7 +18,6 @@ import numpy as np
 from PIL import Image
 
 from mmchat import registry
-from mmchat.cache import sha256_file
 from mmchat.errors import MMChatError
 from mmchat.images import to_rgb
 
@@ -40,13 +39,7 @@ class FaceFinder:
 
     @classmethod
     def load(cls, name: str) -> FaceFinder:
-        spec = registry.get(name)
-        if spec.role is not registry.Role.FACES:
-            raise MMChatError(f"{name} is not a face detector (it is a {spec.role.value} model).")
-        (path,) = spec.locate_parts()
-        if sha256_file(path) != spec.sha256:
-            raise MMChatError(f"{path} does not match its registry sha256 (a different opencv package).",
-                              hint="Reinstall the model packages: the README's setup command does this.")
+        (path,) = registry.get(name).verified_parts(registry.Role.FACES)
         try:
             import cv2
         except ImportError as exc:

@@ -15,7 +15,6 @@ a line left to right (a receipt's "TOTAL" and "EUR 6.70" become one line).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import re
@@ -28,7 +27,6 @@ import numpy as np
 from PIL import Image
 
 from mmchat import registry
-from mmchat.cache import CHUNK_BYTES
 from mmchat.errors import MMChatError
 from mmchat.images import to_rgb
 
@@ -83,11 +81,7 @@ class TextReader:
 
     @classmethod
     def load(cls, name: str) -> TextReader:
-        spec = registry.get(name)
-        if spec.role is not registry.Role.OCR:
-            raise MMChatError(f"{name} is not an OCR model (it is a {spec.role.value} model).")
-        det, rec = spec.locate_parts()
-        _check_sha256(spec, (det, rec))
+        det, rec = registry.get(name).verified_parts(registry.Role.OCR)
         try:
             from rapidocr import RapidOCR
         except ImportError as exc:
@@ -122,18 +116,6 @@ class TextReader:
             result = self._engine(np.ascontiguousarray(pixels))
         pieces = _pieces(result)
         return TextReading(reading_order(pieces), round(time.monotonic() - started, 3), scaled_from)
-
-
-def _check_sha256(spec: registry.ModelSpec, files) -> None:
-    digest = hashlib.sha256()
-    for path in files:
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK_BYTES):
-                digest.update(chunk)
-    if digest.hexdigest() != spec.sha256:
-        raise MMChatError(f"The OCR model files of {spec.name} do not match their registry sha256 "
-                          "(a corrupt or different rapidocr package).",
-                          hint="Reinstall the model packages: the README's setup command does this.")
 
 
 def _pieces(result) -> list[TextPiece]:
