@@ -5,7 +5,7 @@ once, with ``torch.load(weights_only=True)`` (tensors only, no code), checked ag
 sha256 and kept as safetensors in the verified conversion cache; every later load reads the
 safetensors. The network is ``efficientnet_lite_pytorch``'s (Apache-2.0).
 
-One forward pass gives three things:
+The network gives three things:
 
 * the 1000 ImageNet class probabilities, turned into plain-word guesses (:meth:`recognise`);
 * the 7×7 map of 1280-d features after the head convolution, as 49 "patches" (:meth:`encode`),
@@ -15,8 +15,10 @@ One forward pass gives three things:
   blue;
 * the head features' average, L2-normalised, as the pooled embedding.
 
-Preprocessing is the one the weights were trained with: the shorter side resized to 256 px
-(bicubic), the centre 224×224 cropped, pixels scaled to [-1, 1] (mean = std = 0.5).
+The classifier sees the picture as the weights were trained: the shorter side resized to 256 px
+(bicubic), the centre 224×224 cropped, pixels scaled to [-1, 1] (mean = std = 0.5). Fusion's
+features come from a second pass over the whole picture, letterboxed into 224×224: a drawing 176
+px wide and 740 tall lost its shape to the centre crop, and the projector named the wrong one.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ class EfficientNetEncoder:
         self.batch_size = batch_size
         self.fingerprint = weights_fingerprint(self.network.state_dict(), extra={"preprocess": {
             "resize": RESIZE_TO, "crop": IMAGE_SIZE, "mean": MEAN, "std": STD, "resample": "bicubic",
-            "cell_colour": COLOUR_DIM}})
+            "cell_colour": COLOUR_DIM, "fusion_view": "letterbox"}})
 
     @classmethod
     def load(cls, spec: registry.ModelSpec) -> EfficientNetEncoder:
@@ -115,57 +117,72 @@ class EfficientNetEncoder:
     def status(self) -> str:
         return f"{self.name} (ImageNet-1k, pretrained weights)"
 
-    def _pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        batch = []
-        for image in images:
-            if not isinstance(image, Image.Image):
-                raise TypeError(f"expected PIL images, got {type(image).__name__}")
-            batch.append(preprocess(to_rgb(image)))
-        return torch.stack(batch)
-
-    def _forward(self, images: Sequence[Image.Image]) -> tuple[ImageFeatures, torch.Tensor]:
-        """Features (patches: head features and cell colours) and (n, 1000) class probabilities."""
-        maps, colours, probs = [], [], []
+    def _run(self, images: Sequence[Image.Image], view) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(n, 1280, 7, 7) head features, (n, 1000) class probabilities and (n, 3, 7, 7) cell colours of
+        ``view(image)`` for each image, in batches."""
+        maps, probs, colours = [], [], []
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
-                pixels = self._pixels(images[start:start + self.batch_size])
+                pixels = torch.stack([view(_checked(image)) for image in images[start:start + self.batch_size]])
                 features = self.network.extract_features(pixels)
-                probs.append(self.network._fc(features.mean((2, 3))).softmax(-1))
                 maps.append(features)
+                probs.append(self.network._fc(features.mean((2, 3))).softmax(-1))
                 colours.append(F.adaptive_avg_pool2d(pixels, features.shape[-1]))
-        maps, colours = torch.cat(maps), torch.cat(colours)
-        pooled = F.normalize(maps.mean((2, 3)), dim=-1)
-        patches = torch.cat([maps, colours], 1).flatten(2).transpose(1, 2).float()  # (n, 49, 1283), row-major
-        return ImageFeatures(pooled=pooled, patches=patches), torch.cat(probs)
+        return torch.cat(maps), torch.cat(probs), torch.cat(colours)
 
     def encode(self, images: Sequence[Image.Image]) -> ImageFeatures:
+        """Features of the whole picture (letterboxed, :func:`letterbox`) for fusion."""
         if not images:
             return ImageFeatures(torch.zeros(0, self.embed_dim), torch.zeros(0, self.num_patches, self.patch_dim))
-        return self._forward(images)[0]
+        maps, _, colours = self._run(images, letterbox)
+        patches = torch.cat([maps, colours], 1).flatten(2).transpose(1, 2).float()  # (n, 49, 1283), row-major
+        return ImageFeatures(pooled=F.normalize(maps.mean((2, 3)), dim=-1), patches=patches)
 
     def classify(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """(n, 1000) ImageNet class probabilities."""
-        return self._forward(images)[1] if images else torch.zeros(0, imagenet.NUM_CLASSES)
+        """(n, 1000) ImageNet class probabilities, from the centre crop the classifier was trained on."""
+        return self._run(images, preprocess)[1] if images else torch.zeros(0, imagenet.NUM_CLASSES)
 
     def recognise(self, image: Image.Image, *, top_k: int = 5) -> list[Guess]:
         return imagenet.guesses(self.classify([image])[0], top_k=top_k)
 
     def encode_and_recognise(self, image: Image.Image, *, top_k: int = 5) -> tuple[ImageFeatures, list[Guess]]:
-        """Both from one forward pass (an image turn with fusion needs both)."""
-        features, probs = self._forward([image])
-        return features, imagenet.guesses(probs[0], top_k=top_k)
+        """Both (an image turn with fusion needs both): two passes, the whole picture and the centre crop."""
+        return self.encode([image]), self.recognise(image, top_k=top_k)
+
+
+def _checked(image: Image.Image) -> Image.Image:
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected PIL images, got {type(image).__name__}")
+    return to_rgb(image)
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    return (torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1) / 255.0 - MEAN) / STD
 
 
 def preprocess(image: Image.Image) -> torch.Tensor:
-    """(3, 224, 224) float32 pixels in [-1, 1]: shorter side to 256 px, centre crop."""
+    """(3, 224, 224) float32 pixels in [-1, 1]: shorter side to 256 px, centre crop (the classifier's view)."""
     width, height = image.size
     scale = RESIZE_TO / min(width, height)
     resized = image.resize((max(IMAGE_SIZE, round(width * scale)), max(IMAGE_SIZE, round(height * scale))),
                            Image.Resampling.BICUBIC)
     left = (resized.width - IMAGE_SIZE) // 2
     top = (resized.height - IMAGE_SIZE) // 2
-    crop = np.asarray(resized.crop((left, top, left + IMAGE_SIZE, top + IMAGE_SIZE)), dtype=np.float32)
-    return (torch.from_numpy(crop).permute(2, 0, 1) / 255.0 - MEAN) / STD
+    return _to_tensor(resized.crop((left, top, left + IMAGE_SIZE, top + IMAGE_SIZE)))
+
+
+def letterbox(image: Image.Image) -> torch.Tensor:
+    """(3, 224, 224) float32 pixels in [-1, 1]: the whole picture scaled into the square, the rest filled
+    with its border's median colour (fusion's view: a centre crop of a tall drawing cut its shape off)."""
+    width, height = image.size
+    scale = IMAGE_SIZE / max(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    pixels = np.asarray(image)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    canvas = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), tuple(int(v) for v in np.median(border, axis=0)))
+    canvas.paste(image.resize(size, Image.Resampling.BICUBIC),
+                 ((IMAGE_SIZE - size[0]) // 2, (IMAGE_SIZE - size[1]) // 2))
+    return _to_tensor(canvas)
 
 
 def load(spec: registry.ModelSpec) -> EfficientNetEncoder:
