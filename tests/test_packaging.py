@@ -84,12 +84,14 @@ def test_wheel_installs_into_a_fresh_venv_and_finds_its_assets(wheel, tmp_path):
     help_text = subprocess.run([str(venv / "bin" / "mmchat"), "--help"], capture_output=True, text=True,
                                check=True, env=env, timeout=120, cwd=tmp_path).stdout
     assert "doctor" in help_text and "chat" in help_text
-    code = ("import json, mmchat, mmchat.paths as p, mmchat.media as m; "
-            "print(json.dumps([mmchat.__file__, str(p.assets_dir()), [str(d) for d in m.checkpoint_dirs('x')]]))")
+    code = ("import json, mmchat, mmchat.paths as p, mmchat.media as m, mmchat.vision.imagenet as i; "
+            "print(json.dumps([mmchat.__file__, str(p.assets_dir()), [str(d) for d in m.checkpoint_dirs('x')], "
+            "len(i.classes())]))")
     out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, env=env, timeout=300,
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    module, assets, fusion_dirs = json.loads(out.stdout)
+    module, assets, fusion_dirs, classes = json.loads(out.stdout)
+    assert classes == 1000  # ImageNet's class names are package data
     assert Path(module).is_relative_to(purelib)  # the installed copy, not this checkout
     assert Path(assets) == purelib / "mmchat" / "assets"
     assert (Path(assets) / "icons" / "hicolor" / "512x512" / "apps" / "mmchat.png").is_file()

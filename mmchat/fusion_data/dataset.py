@@ -169,9 +169,9 @@ def _image_sample(work: Path, *, split: str, index: int, seed: int, config: Imag
     scene = images.sample_scene(rng, split=split, config=config)
     sample_id = f"img-{index:06d}"
     path = work / IMAGE_DIR / f"{sample_id}.png"
-    images.render(scene).save(path, format="PNG")
-    return Sample(id=sample_id, modality="image", path=path,
-                  qa=tuple(images.questions(scene, rng, config=config)),
+    qa = tuple(images.questions(scene, rng, config=config))
+    images.finish(images.render(scene), rng, config=config).save(path, format="PNG")
+    return Sample(id=sample_id, modality="image", path=path, qa=qa,
                   caption=images.caption(scene), meta={"split": split, **images.scene_meta(scene)})
 
 

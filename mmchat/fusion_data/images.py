@@ -23,6 +23,7 @@ kept to ±8°: with stars off, the probe's held-out shape accuracy was 85% at ±
 from __future__ import annotations
 
 import colorsys
+import io
 import math
 from dataclasses import dataclass
 
@@ -111,6 +112,10 @@ class ImageConfig:
     # projector meets each colour name in many shades and backgrounds that are not grey:
     shades: bool = False  # each shape's colour drawn around its name in HSV (SHADE_* ranges), not ±jitter
     tinted_fraction: float = 0.0  # chance a plain background is a pale tint ("a pale background")
+    gradient_fraction: float = 0.0  # of those, the chance the tint fades into another pale tint
+    zoom_out_fraction: float = 0.0  # chance the picture is shrunk onto its background (smaller shapes, as
+    #                                 a tall or wide picture letterboxed into the encoder's square)
+    reencode_fraction: float = 0.0  # chance the picture goes through JPEG or GIF (block and dither noise)
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,7 @@ class Scene:
     background: str
     texture_seed: int  # drives stripe width, checker size and noise
     tint: tuple[int, int, int] | None = None  # a plain background's pale colour instead of white/grey
+    tint_to: tuple[int, int, int] | None = None  # ... fading into this one, top to bottom
     shapes: tuple[DrawnShape, ...] = ()
     word: str | None = None
     word_font_px: int = 0
@@ -168,10 +174,13 @@ def sample_scene(rng: np.random.Generator, *, split: str, config: ImageConfig) -
         regions = rng.permutation(len(POSITIONS))[:n_shapes]
         shapes = tuple(_multi_shape(rng, c, s, POSITIONS[p], config=config)
                        for (c, s), p in zip(kinds, regions))
-    tint = None
+    tint = tint_to = None
     if config.tinted_fraction and background in PLAIN_BACKGROUNDS and rng.random() < config.tinted_fraction:
         tint = _pale(rng)
-    return Scene(background=background, texture_seed=texture_seed, shapes=shapes, novel_combo=novel, tint=tint)
+        if config.gradient_fraction and rng.random() < config.gradient_fraction:
+            tint_to = _pale(rng)
+    return Scene(background=background, texture_seed=texture_seed, shapes=shapes, novel_combo=novel, tint=tint,
+                 tint_to=tint_to)
 
 
 def _pale(rng: np.random.Generator) -> tuple[int, int, int]:
@@ -275,7 +284,11 @@ def _word_scene(rng: np.random.Generator, background: str, texture_seed: int,
 def render(scene: Scene) -> Image.Image:
     """The scene as a 224×224 RGB image."""
     if scene.tint is not None:
-        image = Image.new("RGB", (CANVAS_PX, CANVAS_PX), scene.tint)
+        top = np.array(scene.tint, dtype=np.float32)
+        bottom = np.array(scene.tint_to or scene.tint, dtype=np.float32)
+        fade = np.linspace(0, 1, CANVAS_PX, dtype=np.float32)[:, None, None]
+        rows = top * (1 - fade) + bottom * fade
+        image = Image.fromarray(np.repeat(rows, CANVAS_PX, axis=1).round().astype(np.uint8), "RGB")
     else:
         image = Image.fromarray(_background(scene.background, scene.texture_seed), "RGB")
     for shape in scene.shapes:
@@ -285,6 +298,30 @@ def render(scene: Scene) -> Image.Image:
         grey = scene.word_grey
         ImageDraw.Draw(image).text(scene.word_xy, scene.word, fill=(grey, grey, grey), font=font,
                                    anchor="mm")
+    return image
+
+
+PLAIN_BORDER_STD = 4.0  # per channel: a background this even shows no edge when a picture is shrunk onto it
+
+
+def finish(image: Image.Image, rng: np.random.Generator, *, config: ImageConfig) -> Image.Image:
+    """The rendered picture as it is stored: shrunk onto its background, and through JPEG or GIF, as
+    ``config`` says (draws nothing from ``rng`` when those are off, so other data stays as it was)."""
+    zoom = config.zoom_out_fraction and rng.random() < config.zoom_out_fraction
+    side = round(CANVAS_PX * float(rng.uniform(0.45, 0.9))) if zoom else CANVAS_PX
+    pixels = np.asarray(image)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]).astype(np.float32)
+    if zoom and border.std(0).max() <= PLAIN_BORDER_STD:  # on stripes or a gradient the edge would show
+        canvas = Image.new("RGB", image.size, tuple(int(v) for v in np.median(border, axis=0)))
+        canvas.paste(image.resize((side, side), Image.Resampling.BICUBIC), ((CANVAS_PX - side) // 2,) * 2)
+        image = canvas
+    if config.reencode_fraction and rng.random() < config.reencode_fraction:
+        buffer = io.BytesIO()
+        if rng.random() < 0.5:
+            image.save(buffer, format="JPEG", quality=int(rng.integers(35, 91)))
+        else:
+            image.save(buffer, format="GIF")
+        image = Image.open(buffer).convert("RGB")
     return image
 
 

@@ -31,8 +31,10 @@ log = logging.getLogger(__name__)
 PHOTO_CAPTION = "a photo"
 FACES = 60  # of lfw_subset's 200 faces, as sources
 # The pretrained encoders' recipe: every colour name in many shades, a third of the plain
-# backgrounds tinted.
-VISION_IMAGE_CONFIG = ImageConfig(shades=True, tinted_fraction=0.35)
+# backgrounds tinted (half of those fading into another tint), a third of the pictures shrunk onto
+# their background and a quarter through JPEG or GIF.
+VISION_IMAGE_CONFIG = ImageConfig(shades=True, tinted_fraction=0.35, gradient_fraction=0.5, zoom_out_fraction=0.35,
+                                  reencode_fraction=0.25)
 
 
 def photo_sources() -> list[Image.Image]:
