@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 MAX_OCR_SIDE = 2000
 DET_LIMIT_SIDE = 960  # px: the longer side text detection works at (measured: 0.4-2 s on 2 cores)
 MIN_SCORE = 0.5  # recognition confidence below which a piece is dropped (RapidOCR's own default)
+# ... and for a piece of one or two characters: in photos, an eye or a wheel was read as "0" at 0.53,
+# where real short text (a page number, "OK") reads at 0.9 and above.
+MIN_SHORT_SCORE = 0.8
 _WORDLIKE = re.compile(r"[^\W_]")  # a letter or a digit, in any script
 SAME_LINE = 0.5  # pieces whose centres are closer than this × the text's height (across the line) are one line
 
@@ -125,8 +128,9 @@ def _pieces(result) -> list[TextPiece]:
     if boxes is None or texts is None:
         return []
     # A piece with no letter or digit is dropped: a drawn disc or square was read as "●" or "■".
-    return [TextPiece.from_box(" ".join(str(text).split()), float(score), box)
-            for box, text, score in zip(boxes, texts, scores) if _WORDLIKE.search(str(text))]
+    pieces = [TextPiece.from_box(" ".join(str(text).split()), float(score), box)
+              for box, text, score in zip(boxes, texts, scores) if _WORDLIKE.search(str(text))]
+    return [p for p in pieces if len(p.text) > 2 or p.score >= MIN_SHORT_SCORE]
 
 
 def reading_order(pieces: Sequence[TextPiece]) -> tuple[str, ...]:
