@@ -3,7 +3,8 @@
 Every image gets **evidence** (:mod:`mmchat.vision.evidence`): what the image encoder recognises
 in plain words with its confidence, the main colours, and the text OCR reads, as a delimited data
 block; and, where a fusion checkpoint matches the loaded LLM and image encoder, **fusion tokens**
-(the projector's token group in the LLM's embedding space) after it. A voice message gets its
+(the projector's token group in the LLM's embedding space) after it, except for a screenshot or a
+page, whose text says more than a projector trained on drawings and photos can. A voice message gets its
 transcript and, where the checkpoint's audio projector matches, its fusion tokens.
 
 :func:`media_encoder` looks for a checkpoint for the loaded LLM and image encoder (the user's own
@@ -92,7 +93,9 @@ class MediaEncoder:
         problems += found.problems
         text = found.render()
         tensors: tuple = ()
-        if tokens is not None:
+        # A screenshot or a page goes without fusion tokens: the projector learned drawings and photos,
+        # and on a traceback its tokens made Qwen 0.5B answer "This screenshot shows a pale square".
+        if tokens is not None and not found.mostly_text:
             from mmchat.llm import MEDIA_PLACEHOLDER
 
             start, end = fusion_mod.DELIMITERS["image"]

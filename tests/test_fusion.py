@@ -267,3 +267,29 @@ def test_the_apps_training_follows_each_shipped_recipe():
     assert (vision.train.steps, vision.train.train) == (60, "weights")
     clip = shipped_recipe("qwen2.5-coder-0.5b-instruct", "clip-vit-b-32")
     assert not clip.vision_data and clip.audio_from is None and clip.train.steps == 0
+
+
+@pytest.mark.parametrize(("lines", "fused"), [((), True), (("Traceback (most recent call last):",
+                                                            "FileNotFoundError: [Errno 2] No such file or directory"), False)])
+def test_a_photo_gets_image_tokens_and_a_screenshot_its_text_alone(lines, fused):
+    """A projector trained on drawings and photos says nothing true about a page of text (on a
+    traceback its tokens got "This screenshot shows a pale square"): a picture that is mostly text
+    goes with its evidence alone."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from mmchat.llm import MEDIA_PLACEHOLDER
+    from mmchat.media import MediaEncoder
+    from mmchat.vision.features import Guess, ImageFeatures
+    from mmchat.vision.ocr import TextReading
+
+    torch.manual_seed(0)
+    encoder = SimpleNamespace(trained=True, backend="test", encode_and_recognise=lambda image: (
+        ImageFeatures(torch.zeros(1, 8), torch.randn(1, 49, 24)), [Guess("tabby cat", 0.9, "cat")]))
+    engine = SimpleNamespace(image_encoder=encoder, face_finder=SimpleNamespace(count=lambda image: 0),
+                             text_reader=SimpleNamespace(read=lambda image: TextReading(lines, 0.1)),
+                             llm=SimpleNamespace(dtype=torch.bfloat16))
+    part = MediaEncoder(engine, fusion=Fusion(config()), image_fusion=True).image(Image.new("RGB", (64, 48)), index=1)
+    assert (MEDIA_PLACEHOLDER in part.text) == fused and len(part.tensors) == int(fused)
+    assert "tabby cat" in part.text and ("FileNotFoundError" in part.text) != fused
