@@ -102,6 +102,14 @@ class TrainConfig:
     align_bf16: bool = True
     train: str = "all"  # what the answer loss trains: "all" (projectors and weights) or "weights" (wᵢ only)
 
+    @property
+    def answer_audio_every(self) -> int:
+        """Every n-th answer-loss batch is audio. Trained alone, the weights are one trade (a softmax)
+        between the two groups' gains, so each modality gets an equal say: at 2 image batches to 1
+        audio batch the images pulled their gain down to 0.50 and pushed audio's up to 1.50, and
+        held-out spoken requests answered from the audio tokens alone fell from 13 to 8 of 86."""
+        return 2 if self.train == "weights" else self.audio_every
+
 
 @dataclass(frozen=True)
 class Example:
@@ -532,7 +540,7 @@ class Trainer:
 
     def _batch(self, step: int) -> list[Example]:
         c = self.config
-        modality = modality_for(step, self.by_modality, audio_every=c.audio_every)
+        modality = modality_for(step, self.by_modality, audio_every=c.answer_audio_every)
         pool = self.by_modality[modality]
         per_epoch = max(1, len(pool) // c.batch_size)
         epoch, index = divmod(step, per_epoch)

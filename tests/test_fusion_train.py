@@ -261,6 +261,15 @@ def test_alignment_and_training_share_one_image_audio_schedule():
     assert {modality_for(step, {"image": [], "audio": [1]}, audio_every=3) for step in range(6)} == {"audio"}
 
 
+def test_training_the_weights_alone_gives_each_modality_an_equal_say():
+    """The weights are one softmax trade between the image and audio gains: batches alternate, or the
+    modality with more batches buys its gain with the other's."""
+    both = {"image": [1], "audio": [1]}
+    weights = TrainConfig(train="weights")
+    assert [modality_for(s, both, audio_every=weights.answer_audio_every) for s in range(4)] == ["image", "audio"] * 2
+    assert TrainConfig().answer_audio_every == TrainConfig().audio_every == 3
+
+
 def test_audio_augmentation_stretches_and_masks_and_draws_nothing_when_off():
     from mmchat.fusion_train import AUDIO_FEATURE_MASK, AUDIO_TIME_MASK, augment_frames
 
