@@ -82,9 +82,8 @@ class ImageEvidence:
         # first, Qwen 0.5B answered "What went wrong here?" about a traceback with "The OCR read 4
         # lines of text ..."; an unsure ImageNet guess ("an envelope, 4 % sure") was taken for the
         # answer to "What does this screenshot say?". A sure one (a menu, a book jacket) stays.
-        sure = self.recogniser and not self.unsure_guess
         return [f"{self._size} is a screenshot or a page of text.",
-                describe_guesses(self.guesses) if sure else "",
+                describe_guesses(self.guesses) if self.recognised else "",
                 *_text_lines(self.text, head="Its text ({n} line{s}, read by OCR, in reading order):"),
                 *(f"The text shows an error: {name}." for name in errors_in(self.text.lines)),
                 self._palette()]
@@ -114,6 +113,11 @@ class ImageEvidence:
     @property
     def unsure_guess(self) -> bool:
         return bool(self.recogniser) and _sureness(self.guesses) < UNSURE_BELOW
+
+    @property
+    def recognised(self) -> bool:
+        """The classifier is sure what the picture shows (a photo of an everyday thing)."""
+        return bool(self.recogniser) and not self.unsure_guess
 
     @property
     def unsure(self) -> bool:
