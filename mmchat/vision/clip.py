@@ -115,9 +115,36 @@ def _seeded(seed: int, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
 # transformers backend
 
 class _ImageNetZeroShot:
-    """:meth:`recognise` for CLIP: zero-shot over ImageNet's 1000 class names, whose text embeddings
-    are computed once (1000 texts through the text tower take seconds). A random init names
-    nothing: its scores would be noise."""
+    """What both CLIP back-ends share: :meth:`encode` in batches, :meth:`zero_shot`, and
+    :meth:`recognise`, zero-shot over ImageNet's 1000 class names, whose text embeddings are computed
+    once (1000 texts through the text tower take seconds). A random init names nothing: its scores
+    would be noise. A back-end gives :meth:`_encode_batch`, :meth:`text_embeddings` and
+    :meth:`logit_scale`."""
+
+    @property
+    def status(self) -> str:
+        if self.trained:
+            return f"{self.name} ({self.backend}, pretrained weights)"
+        return f"{self.name} ({self.backend}): {UNTRAINED} (seeded random init)"
+
+    def encode(self, images: Sequence[Image.Image]) -> ImageFeatures:
+        _check_images(images)
+        if not images:
+            return ImageFeatures(torch.zeros(0, self.embed_dim), torch.zeros(0, self.num_patches, self.patch_dim))
+        pooled, patches = [], []
+        with torch.inference_mode():
+            for batch in _batches(images, self.batch_size):
+                whole, grid = self._encode_batch(batch)
+                pooled.append(whole)
+                patches.append(grid)
+        return ImageFeatures(pooled=torch.cat(pooled), patches=torch.cat(patches))
+
+    def zero_shot(self, image: Image.Image, labels: Sequence[str], *,
+                  template: str = ZERO_SHOT_TEMPLATE) -> list[tuple[str, float]]:
+        """Labels with softmax probabilities, most likely first (meaningless when not ``trained``)."""
+        labels = _check_labels(labels)
+        text_embeds = self.text_embeddings([template.format(label) for label in labels])
+        return _ranked(labels, self.encode([image]).pooled, text_embeds, self.logit_scale())
 
     _class_embeds: torch.Tensor | None = None
     _class_lock = threading.Lock()
@@ -278,31 +305,10 @@ class TransformersClipBackend(_ImageNetZeroShot):
                 self._text = (model.eval().requires_grad_(False), projection.requires_grad_(False), scale.detach())
             return self._text
 
-    @property
-    def status(self) -> str:
-        if self.trained:
-            return f"{self.name} ({self.backend}, pretrained weights)"
-        return f"{self.name} ({self.backend}): {UNTRAINED} (seeded random init)"
-
-    def encode(self, images: Sequence[Image.Image]) -> ImageFeatures:
-        _check_images(images)
-        if not images:
-            return ImageFeatures(torch.zeros(0, self.embed_dim), torch.zeros(0, self.num_patches, self.patch_dim))
-        pooled, patches = [], []
-        with torch.inference_mode():
-            for batch in _batches(images, self.batch_size):
-                pixels = self.processor(images=batch, return_tensors="pt")["pixel_values"]
-                out = self.vision.vision_model(pixel_values=pixels.to(torch.float32))
-                pooled.append(F.normalize(self.vision.visual_projection(out.pooler_output), dim=-1))
-                patches.append(out.last_hidden_state[:, 1:, :])
-        return ImageFeatures(pooled=torch.cat(pooled), patches=torch.cat(patches))
-
-    def zero_shot(self, image: Image.Image, labels: Sequence[str], *,
-                  template: str = ZERO_SHOT_TEMPLATE) -> list[tuple[str, float]]:
-        """Labels with softmax probabilities, most likely first (meaningless when not ``trained``)."""
-        labels = _check_labels(labels)
-        text_embeds = self.text_embeddings([template.format(label) for label in labels])
-        return _ranked(labels, self.encode([image]).pooled, text_embeds, self.logit_scale())
+    def _encode_batch(self, batch: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels = self.processor(images=batch, return_tensors="pt")["pixel_values"]
+        out = self.vision.vision_model(pixel_values=pixels.to(torch.float32))
+        return F.normalize(self.vision.visual_projection(out.pooler_output), dim=-1), out.last_hidden_state[:, 1:, :]
 
     def text_embeddings(self, texts: Sequence[str]) -> torch.Tensor:
         tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=CONTEXT_LENGTH,
@@ -392,30 +398,10 @@ class OpenClipBackend(_ImageNetZeroShot):
         return cls(model, preprocess, tokenizer, name=spec.name, trained=directory is not None,
                    batch_size=batch_size)
 
-    @property
-    def status(self) -> str:
-        if self.trained:
-            return f"{self.name} ({self.backend}, pretrained weights)"
-        return f"{self.name} ({self.backend}): {UNTRAINED} (seeded random init)"
-
-    def encode(self, images: Sequence[Image.Image]) -> ImageFeatures:
-        _check_images(images)
-        if not images:
-            return ImageFeatures(torch.zeros(0, self.embed_dim), torch.zeros(0, self.num_patches, self.patch_dim))
-        pooled, patches = [], []
-        with torch.inference_mode():
-            for batch in _batches(images, self.batch_size):
-                pixels = torch.stack([self.preprocess(im) for im in batch])
-                out = self.model.visual.forward_intermediates(pixels, indices=1, output_fmt="NLC")
-                pooled.append(F.normalize(out["image_features"].float(), dim=-1))
-                patches.append(out["image_intermediates"][-1].float())
-        return ImageFeatures(pooled=torch.cat(pooled), patches=torch.cat(patches))
-
-    def zero_shot(self, image: Image.Image, labels: Sequence[str], *,
-                  template: str = ZERO_SHOT_TEMPLATE) -> list[tuple[str, float]]:
-        labels = _check_labels(labels)
-        text_embeds = self.text_embeddings([template.format(label) for label in labels])
-        return _ranked(labels, self.encode([image]).pooled, text_embeds, self.logit_scale())
+    def _encode_batch(self, batch: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels = torch.stack([self.preprocess(im) for im in batch])
+        out = self.model.visual.forward_intermediates(pixels, indices=1, output_fmt="NLC")
+        return F.normalize(out["image_features"].float(), dim=-1), out["image_intermediates"][-1].float()
 
     def text_embeddings(self, texts: Sequence[str]) -> torch.Tensor:
         with torch.inference_mode():
