@@ -112,7 +112,7 @@ def _seeded(seed: int, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
 
 
 # ------------------------------------------------------------------------------------------------
-# transformers backend
+# what both back-ends share
 
 class _ImageNetZeroShot:
     """What both CLIP back-ends share: :meth:`encode` in batches, :meth:`zero_shot`, and
@@ -193,6 +193,9 @@ def _draw_random_init(seed: int, out: Path) -> None:
     text.save_pretrained(out / "text", safe_serialization=True)
     (out / RANDOM_INIT_META).write_text(json.dumps({"seed": seed, "logit_scale": model.logit_scale.item()}))
 
+
+# ------------------------------------------------------------------------------------------------
+# transformers backend
 
 class TransformersClipBackend(_ImageNetZeroShot):
     """OpenAI-architecture CLIP through transformers (real weights or seeded random init).
