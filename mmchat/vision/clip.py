@@ -166,6 +166,9 @@ RANDOM_INIT_VERSION = 1  # bump when the cached random init's files change
 RANDOM_INIT_META = "clip.json"
 
 
+# ------------------------------------------------------------------------------------------------
+# transformers backend
+
 def _random_init_cache(name: str, seed: int):
     """Where the seeded random init of ``name`` is kept: a fresh draw depends on the seed and on
     torch's and transformers' init code, so all three key it."""
@@ -193,9 +196,6 @@ def _draw_random_init(seed: int, out: Path) -> None:
     text.save_pretrained(out / "text", safe_serialization=True)
     (out / RANDOM_INIT_META).write_text(json.dumps({"seed": seed, "logit_scale": model.logit_scale.item()}))
 
-
-# ------------------------------------------------------------------------------------------------
-# transformers backend
 
 class TransformersClipBackend(_ImageNetZeroShot):
     """OpenAI-architecture CLIP through transformers (real weights or seeded random init).
