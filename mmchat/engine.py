@@ -177,8 +177,14 @@ class Engine:
     def add_status_callback(self, callback: StatusCallback) -> None:
         self._callbacks.append(callback)
 
+    def remove_status_callback(self, callback: StatusCallback) -> None:
+        """Stop calling ``callback`` (its window closed); one that was not added is no error."""
+        if callback in self._callbacks:
+            self._callbacks.remove(callback)
+
     def _notify(self, status: SlotStatus) -> None:
-        for callback in self._callbacks:
+        # A copy: a window on the GUI thread may remove its callback while a worker loads a model.
+        for callback in list(self._callbacks):
             callback(status)
 
     @property

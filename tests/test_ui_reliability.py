@@ -231,3 +231,25 @@ def test_many_void_qt_calls_do_not_abort_the_app():
     bug = "none_dealloc" in bare.stderr
     reliability.note("unguarded: " + ("aborts (Fatal Python error: none_dealloc), the guard is needed" if bug
                                       else f"exit {bare.returncode}, the binding may be fixed"))
+
+
+def test_a_closed_window_leaves_the_engine_it_shared_working(qtbot, make_window):
+    """Windows share one engine (the services hold it). A window that closed no longer hears it: the
+    engine's next status (a model starting to load) reaches the open window only. Left behind, a
+    closed window's callback raised RuntimeError once Qt had deleted the window, which failed that
+    load (a photo then got neither the image encoder nor OCR nor the face detector)."""
+    from mmchat.engine import SlotStatus
+    from mmchat_ui.demo import DEMO_MODELS
+
+    class Loading(DemoEngine):
+        def notify(self, status) -> None:
+            for callback in list(self._callbacks):
+                callback(status)
+
+    engine = Loading()
+    first, second = make_window(engine), make_window(engine)
+    first.close()
+    before = first.status.slots["image"].label.text()
+    engine.notify(SlotStatus("image", DEMO_MODELS["image"], "loading", "reading weights", 0.1))
+    qtbot.waitUntil(lambda: "reading weights" in second.status.slots["image"].label.text(), timeout=2000)
+    assert first.status.slots["image"].label.text() == before

@@ -157,6 +157,10 @@ class DemoEngine:
     def add_status_callback(self, callback) -> None:
         self._callbacks.append(callback)
 
+    def remove_status_callback(self, callback) -> None:
+        if callback in self._callbacks:
+            self._callbacks.remove(callback)
+
     def status(self) -> dict[str, SlotStatus]:
         return {role: SlotStatus(role, DEMO_MODELS[role], "ready", "pretrained" if role == "image" else "")
                 for role in DEMO_MODELS}

@@ -93,6 +93,7 @@ class MainWindow(QMainWindow):
         self.runner.crashed.connect(self._task_crashed)
         self._bridge = _EngineBridge(self)
         self._bridge.status.connect(self._engine_status, QUEUED)
+        self._status_callback = None
         self.engine = None
         self._reply: AssistantMessage | None = None
         self._welcome = None  # the first-run welcome while it is open
@@ -252,11 +253,21 @@ class MainWindow(QMainWindow):
 
     # -- engine ----------------------------------------------------------------------------------
     def _set_engine(self, engine) -> None:
+        # An engine outlives the window that used it (the services share one, an old one lingers in
+        # a running task); a callback left behind would emit through a deleted bridge, and the
+        # RuntimeError would fail the next model load of whoever uses the engine then.
+        self._forget_engine()
         self.engine = engine
-        engine.add_status_callback(lambda status, e=engine: self._bridge.status.emit(e, status))
+        self._status_callback = lambda status, e=engine: self._bridge.status.emit(e, status)
+        engine.add_status_callback(self._status_callback)
         for status in engine.status().values():
             self.status.update_status(status)
         self.model_label.setText(engine.model_name("llm"))
+
+    def _forget_engine(self) -> None:
+        if self.engine is not None and self._status_callback is not None:
+            self.engine.remove_status_callback(self._status_callback)
+        self._status_callback = None
 
     def _engine_status(self, engine, status) -> None:
         if engine is self.engine:
@@ -821,6 +832,7 @@ class MainWindow(QMainWindow):
             self.controller.stop()
             self.hide()
             self.runner.shutdown()
+            self._forget_engine()
             self.controller.blockSignals(True)  # results still queued for a window that is gone
             try:
                 self.store.purge_deleted()
