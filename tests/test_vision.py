@@ -14,8 +14,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from mmchat import registry
+from mmchat.images import load_image
 from mmchat.errors import MMChatError
-from mmchat.vision import colours, evidence, imagenet, load_image_encoder
+from mmchat.vision import colours, evidence, imagenet, load_image_encoder, shapes
 from mmchat.vision.eval_sets import ERRORS, load_photo, drawing, screenshots
 from mmchat.vision.features import Guess
 from mmchat.vision.ocr import TextPiece, TextReader, TextReading, reading_order
@@ -94,6 +95,67 @@ def test_colours_name_the_shape_and_the_background():
     assert found.background == "light blue" and [c.name for c in found.colours] == ["light blue", "green"]
     assert found.flat and evidence.describe_palette(found, drawing=True) == "It looks like a flat drawing: a green shape on a light blue background."
     assert evidence.describe_palette(found) == "Its colours: green on a light blue background."
+
+
+def _polygon(cx: float, cy: float, radius: float, corners: int, turn: float) -> list[tuple[float, float]]:
+    return [(cx + radius * math.cos(math.radians(turn) + 2 * math.pi * k / corners),
+             cy + radius * math.sin(math.radians(turn) + 2 * math.pi * k / corners)) for k in range(corners)]
+
+
+@pytest.mark.parametrize(("name", "draw"), [
+    ("circle", lambda d: d.ellipse((90, 40, 210, 160), fill=(200, 30, 40))),
+    ("oval", lambda d: d.ellipse((60, 60, 240, 140), fill=(200, 30, 40))),
+    ("triangle", lambda d: d.polygon(_polygon(150, 105, 70, 3, -90 + 7), fill=(200, 30, 40))),
+    ("square", lambda d: d.polygon(_polygon(150, 100, 70, 4, 45 - 9), fill=(200, 30, 40))),
+    ("rectangle", lambda d: d.rectangle((50, 60, 250, 130), fill=(200, 30, 40))),
+    ("hexagon", lambda d: d.polygon(_polygon(150, 100, 70, 6, 0), fill=(200, 30, 40))),
+])
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_the_outline_of_a_drawn_shape_is_named(name, draw, fmt):
+    import io
+
+    image = Image.new("RGB", (300, 200), (235, 245, 255))
+    draw(ImageDraw.Draw(image))
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, quality=50)
+    image = load_image(buffer.getvalue())
+    found = shapes.find(image)
+    assert [(s.name, s.colour) for s in found.shapes] == [(name, "red")], found
+
+
+def test_shapes_are_counted_and_a_band_at_the_edge_is_background():
+    image = Image.new("RGB", (400, 300), (250, 250, 250))
+    d = ImageDraw.Draw(image)
+    d.rectangle((0, 260, 400, 300), fill=(0, 140, 40))  # a band along the bottom edge
+    for x in (40, 160):
+        d.ellipse((x, 40, x + 80, 120), fill=(20, 60, 200))
+    d.polygon(_polygon(320, 150, 50, 3, -90), fill=(0, 140, 40))
+    found = shapes.find(image)
+    assert sorted((s.name, s.colour) for s in found.shapes) == [("circle", "blue"), ("circle", "blue"),
+                                                                ("triangle", "green")]
+    assert found.background == ("white", "green")
+    block = evidence.ImageEvidence(1, image.size, palette=colours.palette(image), drawn=found).render()
+    assert ("It looks like a flat drawing: blue and green shapes on a white and green background.\n"
+            "The drawn shapes: 2 blue circles and a green triangle.") in block
+
+
+def test_a_shape_on_a_gradient_is_a_drawing_the_palette_alone_missed():
+    pixels = np.linspace(60, 250, 300, dtype=np.float32)[:, None, None] * np.ones((1, 400, 3), dtype=np.float32)
+    image = Image.fromarray(pixels.astype(np.uint8))
+    ImageDraw.Draw(image).polygon(_polygon(200, 150, 80, 3, -90 + 5), fill=(255, 110, 0))
+    palette = colours.palette(image)
+    assert not palette.flat  # grey, light grey and white on the edges: no one background colour
+    found = shapes.find(image)
+    assert [(s.name, s.colour) for s in found.shapes] == [("triangle", "orange")] and len(found.background) > 1
+    unsure = (Guess("kite", 0.03),)
+    block = evidence.ImageEvidence(1, image.size, guesses=unsure, recogniser="ImageNet classifier",
+                                   palette=palette, drawn=found).render()
+    assert "an orange shape on a" in block and "The drawn shape is a triangle." in block
+
+
+@pytest.mark.parametrize("photo", ["chelsea", "astronaut", "rocket", "camera"])
+def test_a_photo_is_not_a_drawing(photo):
+    assert shapes.find(load_photo(photo)) is None
 
 
 @pytest.mark.parametrize("seed", range(4))

