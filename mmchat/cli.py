@@ -153,6 +153,9 @@ def _parser() -> argparse.ArgumentParser:
                             "default generated data)")
     train.add_argument("--audio-from", type=Path, metavar="DIR",
                        help="take this checkpoint's audio branch as it is and align only the image branch")
+    train.add_argument("--start-from", type=Path, metavar="DIR",
+                       help="go on from this checkpoint as it is (no alignment; with --train weights: retrain "
+                            "only the per-modality weights)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--images", type=int, default=8000, help="generated training images")
     train.add_argument("--speech", type=int, default=1200, help="generated training clips")
@@ -477,7 +480,7 @@ def _cmd_train_fusion(args) -> int:
     config = TrainConfig(seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     report = train_fusion(engine, train_dir=train_dir, heldout_dir=heldout_dir, out=out, config=config,
                           system_prompt=SYSTEM_PROMPT, resume=not args.no_resume, eval_limit=args.eval_limit,
-                          audio_from=args.audio_from)
+                          audio_from=args.audio_from, start_from=args.start_from)
     if "heldout" in report:
         print(format_report(report["heldout"]))
     print(f"fusion checkpoint written to {out}")

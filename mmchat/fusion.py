@@ -16,8 +16,12 @@ that maps encoder features to a group of tokens of the LLM's hidden size:
 * or, with a whole-media projector (``slots_mlp``, ``slots_attn``), a fixed number of tokens made from
   every cell (or time cell) together, which the trainer first teaches to spell the caption/transcript.
 
-Learned per-modality weights w = softmax(α) scale each modality's token group, and one fused summary
-token x̂ = Σ wᵢ x̂ᵢ (x̂ᵢ the mean of modality i's tokens) follows each group. The LLM stays frozen.
+Learned per-modality weights wᵢ = exp(αᵢ) (1 at α = 0) scale each modality's token group, and one fused
+summary token x̂ = Σ wᵢ x̂ᵢ (x̂ᵢ the mean of modality i's tokens) follows each group. Each weight is its
+modality's own: checkpoints written before ``modality_weights`` existed tied them as w = softmax(α)
+(×2), so a turn with audio alone heard it louder when the image weight fell (measured with the
+shipped EfficientNet checkpoint: image 0.76, audio 1.24, and spoken requests answered from the audio
+tokens alone fell from 5 to 4 of 45). The LLM stays frozen.
 In the prompt each group sits between text delimiters: ``<image>…</image>``, ``<audio>…</audio>``.
 
 Checkpoints are safetensors + JSON metadata recording the LLM, each encoder's name and weight
@@ -78,6 +82,9 @@ class FusionConfig:
     embed_rms: float = 0.02  # RMS of the LLM's token embeddings; projector outputs start at this scale
     mlp_hidden: int = 512  # inner width of the MLP projectors (keeps the shipped checkpoint a few MB)
     audio_vocab: int = 0  # ``ctc_mlp``: how many LLM token ids the collapse reads stacks against (stored with the weights)
+    # "own": wᵢ = exp(αᵢ), each modality's weight its own; "softmax": w = softmax(α) ×2, one trade
+    # between the two (what checkpoints without this field were trained with; read_meta fills it in).
+    modality_weights: str = "own"
 
     def whole(self, modality: str) -> bool:
         """True when ``modality``'s projector makes a fixed number of tokens (``<modality>_slots``)
@@ -224,6 +231,8 @@ class Fusion(nn.Module):
         if config.image_stats:
             self.register_buffer("image_mean", torch.zeros(config.image_dim))
             self.register_buffer("image_std", torch.ones(config.image_dim))
+        if config.modality_weights not in ("own", "softmax"):
+            raise ValueError(f"unknown modality_weights={config.modality_weights!r}; choose own or softmax")
         if config.image_projector in COLLAPSING_PROJECTORS:
             raise ValueError(f"{config.image_projector} is an audio projector")
         if config.audio_collapse:
@@ -261,12 +270,26 @@ class Fusion(nn.Module):
         self.image_std.copy_(std.float().clamp(min=1e-3))  # a constant dimension stays finite (and fp16-safe)
 
     def weights(self) -> dict[str, float]:
-        w = torch.softmax(self.alpha.detach().float(), 0)
-        return {m: round(float(w[i]), 4) for i, m in enumerate(MODALITIES)}
+        """Each modality's weight wᵢ, rounded for reports: the gain on its token group (1 at α = 0)."""
+        return {m: round(self.weight(m), 4) for m in MODALITIES}
+
+    def weight(self, modality: str) -> float:
+        with torch.no_grad():
+            return float(self._scale(modality))
+
+    def set_weight(self, modality: str, weight: float) -> None:
+        """Make ``modality``'s weight ``weight`` (an ``own``-weights fusion only: a softmax ties the two)."""
+        if self.config.modality_weights != "own":
+            raise ValueError("a softmax's weights are one trade between the modalities: set α instead")
+        with torch.no_grad():
+            self.alpha[MODALITIES.index(modality)] = math.log(weight)
 
     def _scale(self, modality: str) -> torch.Tensor:
+        i = MODALITIES.index(modality)
+        if self.config.modality_weights == "own":
+            return self.alpha[i].exp()
         # ×M so that equal weights (α = 0) leave a group at unit gain.
-        return torch.softmax(self.alpha, 0)[MODALITIES.index(modality)] * len(MODALITIES)
+        return torch.softmax(self.alpha, 0)[i] * len(MODALITIES)
 
     def image_tokens(self, patches: torch.Tensor) -> torch.Tensor:
         """(B, 49, image_dim) CLIP patch tokens → (B, group + 1, hidden): weighted group + summary
@@ -425,7 +448,7 @@ def save(fusion: Fusion, directory: Path, *, data_hash: str = "", metrics: dict 
 def read_meta(directory: Path) -> FusionMeta:
     try:
         raw = json.loads((directory / META_FILE).read_text())
-        config = FusionConfig(**raw.pop("config"))
+        config = FusionConfig(**{"modality_weights": "softmax", **raw.pop("config")})
         return FusionMeta(config=config, **raw)
     except FileNotFoundError:
         raise MMChatError(f"No fusion checkpoint in {directory}.", hint="Train one with `mmchat train-fusion`.") from None

@@ -28,7 +28,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -104,10 +104,8 @@ class TrainConfig:
 
     @property
     def answer_audio_every(self) -> int:
-        """Every n-th answer-loss batch is audio. Trained alone, the weights are one trade (a softmax)
-        between the two groups' gains, so each modality gets an equal say: at 2 image batches to 1
-        audio batch the images pulled their gain down to 0.50 and pushed audio's up to 1.50, and
-        held-out spoken requests answered from the audio tokens alone fell from 13 to 8 of 86."""
+        """Every n-th answer-loss batch is audio. Trained alone, each weight learns from its own
+        modality's batches, so 1:1 gives both the same number of steps."""
         return 2 if self.train == "weights" else self.audio_every
 
 
@@ -517,9 +515,14 @@ def augment_frames(clip: torch.Tensor, config: TrainConfig, generator: torch.Gen
 # -- training --------------------------------------------------------------------------------------
 class Trainer:
     def __init__(self, llm, fusion: fusion_mod.Fusion, features: dict[str, torch.Tensor],
-                 examples: Sequence[Example], *, config: TrainConfig, system_prompt: str) -> None:
+                 examples: Sequence[Example], *, config: TrainConfig, system_prompt: str,
+                 kept: Collection[str] = ()) -> None:
         self.llm, self.fusion, self.features, self.config = llm, fusion, features, config
-        self.by_modality = {m: [e for e in examples if e.modality == m] for m in fusion_mod.MODALITIES}
+        # A branch taken as it is from another checkpoint (``kept``) keeps its weight wᵢ too, so no
+        # answer-loss batch is of its modality: measured, moving the audio weight of a branch trained
+        # at gain 1 to 1.24 cost held-out spoken requests (5 → 4 of 45).
+        self.by_modality = {m: [e for e in examples if e.modality == m and m not in kept]
+                            for m in fusion_mod.MODALITIES}
         self.batcher = _Batcher(llm, system_prompt)
         llm.model.requires_grad_(False)
         if config.train not in TRAINABLE:
@@ -714,6 +717,14 @@ def _audio_donor(engine, directory: Path) -> fusion_mod.Fusion:
                            audio_fingerprint=engine.whisper.fingerprint, embed=llm.embed)
 
 
+def _start(engine, directory: Path) -> fusion_mod.Fusion:
+    """The checkpoint in ``directory``, checked against the loaded LLM and both encoders."""
+    llm = engine.llm
+    return fusion_mod.load(directory, llm=llm.name, hidden_size=llm.hidden_size,
+                           image_fingerprint=engine.image_encoder.fingerprint,
+                           audio_fingerprint=engine.whisper.fingerprint, embed=llm.embed)
+
+
 def _encoders_for(engine, samples) -> dict:
     modalities = {s.modality for s in samples}
     return {"image_encoder": engine.image_encoder if "image" in modalities else None,
@@ -722,13 +733,18 @@ def _encoders_for(engine, samples) -> dict:
 
 def train_fusion(engine, *, train_dir: Path, heldout_dir: Path | None, out: Path, config: TrainConfig,
                  system_prompt: str, resume: bool = True, eval_limit: int = 40,
-                 progress: Callable[[int, int], None] | None = None, audio_from: Path | None = None) -> dict:
+                 progress: Callable[[int, int], None] | None = None, audio_from: Path | None = None,
+                 start_from: Path | None = None) -> dict:
     """Train, evaluate on ``heldout_dir`` and save the checkpoint in ``out``; returns the eval report.
 
     ``audio_from``: a checkpoint (for the same LLM and speech encoder) whose audio branch is taken
     as it is, bit for bit, and not trained: only the image branch is aligned (a new image encoder
-    then does not cost the audio read-out its measured quality). The dataset's clips still serve
-    the answer-loss steps, where the modality weights wᵢ learn from both."""
+    then does not cost the audio read-out its measured quality), and its weight w_audio with it:
+    the answer-loss steps see images only (see :class:`Trainer`).
+
+    ``start_from``: a checkpoint for this LLM and these encoders to go on from, as it is (its
+    projectors, image statistics and audio vocabulary; the recipe's projector options are not
+    used): no alignment runs, only the answer-loss steps (e.g. ``train="weights"`` retrains wᵢ)."""
     from mmchat.fusion_data import dataset_hash, validate_dataset
     from mmchat.fusion_eval import evaluate
 
@@ -760,34 +776,43 @@ def train_fusion(engine, *, train_dir: Path, heldout_dir: Path | None, out: Path
     elif fusion_config.audio_collapse:
         vocabulary = audio_vocabulary(llm, samples, seed=config.seed)
         fusion_config = replace(fusion_config, audio_vocab=len(vocabulary))
+    base = _start(engine, start_from) if start_from is not None else None
+    if base is not None:
+        fusion_config = replace(base.config, modality_weights="own")
     torch.manual_seed(config.seed)  # the dropout masks and α depend on the seed alone ...
     fusion = fusion_mod.Fusion(fusion_config, seed=config.seed)  # ... and each projector's start on it and its modality
-    if fusion_config.image_stats:
+    if base is not None:
+        fusion.load_state_dict(base.state_dict())
+        for modality in fusion_mod.MODALITIES:  # the same gains, whichever way base tied them
+            fusion.set_weight(modality, base.weight(modality))
+    elif fusion_config.image_stats:
         fusion.fit_image_stats([features[s.id] for s in samples if s.modality == "image"])
-    if vocabulary:
+    if vocabulary and base is None:
         fusion.audio_vocab_ids.copy_(torch.tensor(vocabulary))
     if donor is not None:
         fusion.load_state_dict({k: v for k, v in donor.state_dict().items() if k.startswith("audio")}, strict=False)
         fusion.audio.requires_grad_(False)
+        fusion.set_weight("audio", donor.weight("audio"))
         if fusion_config.audio_collapse:
             fusion.audio_blank.requires_grad_(False)
     fusion.use_vocabulary(llm.embed)
-    trainer = Trainer(llm, fusion, features, build_examples(samples), config=config, system_prompt=system_prompt)
+    trainer = Trainer(llm, fusion, features, build_examples(samples), config=config, system_prompt=system_prompt,
+                      kept={"audio"} if donor is not None else ())
     state_dir = paths.cache_dir() / "fusion-train" / llm.name / data_hash[:16]
     if resume and trainer.load_state(state_dir):
         log.info("resuming fusion training at step %d", trainer.step)
     encode_s = time.monotonic() - started
     align_losses = []
     # Progress counts alignment and answer-loss steps together (the callback may raise to stop).
-    total = config.align_steps + config.steps
-    if trainer.step == 0 and config.align_steps:  # a resumed state is already aligned
+    total = (config.align_steps if base is None else 0) + config.steps
+    if trainer.step == 0 and config.align_steps and base is None:  # a resumed or started state is aligned
         aligned = (lambda done, _: progress(done, total)) if progress else None
         aligned_samples = [s for s in samples if donor is None or s.modality == "image"]
         align_losses = Aligner(llm, fusion, features, aligned_samples, config=config).run(config.align_steps,
                                                                                    progress=aligned)
     align_s = time.monotonic() - started - encode_s
     trainer.train(state_dir=state_dir,
-                  progress=(lambda done, _: progress(config.align_steps + done, total)) if progress else None)
+                  progress=(lambda done, _: progress(total - config.steps + done, total)) if progress else None)
     train_s = time.monotonic() - started - encode_s - align_s
     fusion.eval()
     # A CTC read-out spells only tokens it heard in training: keep them, so that eval-fusion can
@@ -800,6 +825,10 @@ def train_fusion(engine, *, train_dir: Path, heldout_dir: Path | None, out: Path
                               "train_s": round(train_s, 1), "first_loss": trainer.losses[:5],
                               "last_loss": trainer.losses[-5:], "samples": len(samples),
                               **({HEARD_KEY: sorted(heard)} if heard is not None else {})}}
+    if start_from is not None:
+        base_meta = fusion_mod.read_meta(start_from)
+        report["train"]["started_from"] = {"weights_sha256": base_meta.weights_sha256,
+                                           "trained_steps": base_meta.trained_steps, "data_hash": base_meta.data_hash}
     if heldout_dir is not None:
         held = validate_dataset(heldout_dir)
         held_features = encode_features(held, data_hash=dataset_hash(heldout_dir), **_encoders_for(engine, held))

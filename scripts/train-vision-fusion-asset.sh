@@ -11,8 +11,9 @@ assets="$root/assets/fusion/qwen2.5-coder-0.5b-instruct"
 # 8000 drawings in many shades and on pale backgrounds, 1500 augmented views of scikit-image's training
 # photos captioned "a photo", 1200 synthesized clips (the CLIP checkpoint's own). The image branch is
 # aligned (slots_mlp over all 7×7 cells of EfficientNet features and cell colours, standardised, into 32
-# tokens); the audio branch is the CLIP checkpoint's, bit for bit; then answer-loss steps train the
-# modality weights wᵢ alone, on image and audio batches.
+# tokens); the audio branch is the CLIP checkpoint's, bit for bit, with its weight; then answer-loss
+# steps on images train the image weight alone. `--start-from DIR` goes on from a checkpoint's
+# projectors instead of aligning afresh (how the shipped weights were retrained).
 exec "${MMCHAT_VENV:-$root/.venv}/bin/mmchat" train-fusion --seed 1 --images 8000 --photos 1500 --speech 1200 \
     --audio-from "$assets/clip-vit-b-32" \
     --image-projector slots_mlp --image-grid 7 --image-slots 32 --image-stats \

@@ -69,12 +69,30 @@ def test_token_group_shapes_scale_and_weights():
     assert audio.shape == (2, 13 + 1, 32)  # ceil(50 / 4) tokens + summary
     # Padding frames beyond a clip's length give zero tokens: only ceil(18/4) = 5 are live.
     assert audio[1, 5:-1].abs().sum() == 0 and audio[1, :5].abs().sum() > 0
-    assert f.weights() == {"image": 0.5, "audio": 0.5}
+    assert f.weights() == {"image": 1.0, "audio": 1.0}
+    before = f.audio_tokens(frames, torch.tensor([50, 18]))
+    f.set_weight("image", 2.0)
+    assert f.weights() == {"image": 2.0, "audio": 1.0}
+    # A larger image weight scales the image group up, and leaves the audio group as it was.
+    assert abs(f.image_tokens(torch.randn(3, 49, 24))[:, :-1].pow(2).mean().sqrt().item() - 0.1) < 0.02
+    assert torch.equal(f.audio_tokens(frames, torch.tensor([50, 18])), before)
+
+
+def test_checkpoints_without_modality_weights_keep_their_softmax(tmp_path):
+    """A checkpoint written before ``modality_weights`` existed tied the weights as w = softmax(α) ×2:
+    it loads with the gains it was trained with."""
+    f = Fusion(FusionConfig(llm="tiny", hidden_size=32, image_dim=24, audio_dim=16, modality_weights="softmax"))
     with torch.no_grad():
-        f.alpha.copy_(torch.tensor([2.0, 0.0]))
-    assert f.weights()["image"] > 0.85
-    # A larger image weight scales the image group up.
-    assert f.image_tokens(torch.randn(3, 49, 24))[:, :-1].pow(2).mean().sqrt() > 0.08
+        f.alpha.copy_(torch.tensor([-0.25, 0.25]))
+    gains = f.weights()
+    assert gains["image"] + gains["audio"] == pytest.approx(2.0, abs=1e-3) and gains["image"] < 0.8
+    with pytest.raises(ValueError, match="softmax"):
+        f.set_weight("image", 0.5)
+    fusion.save(f, tmp_path, data_hash="x", metrics={}, trained_steps=0)
+    meta = json.loads((tmp_path / fusion.META_FILE).read_text())
+    del meta["config"]["modality_weights"]
+    (tmp_path / fusion.META_FILE).write_text(json.dumps(meta))
+    assert fusion.load(tmp_path, llm="tiny", hidden_size=32).weights() == gains
 
 
 def test_a_seeded_fusion_starts_each_branch_from_its_own_seed():

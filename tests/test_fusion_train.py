@@ -89,13 +89,13 @@ def test_resume_continues_exactly(llm, tmp_path):
 
 
 def test_weights_only_training_moves_the_weights_and_nothing_else(llm):
-    """``--train weights``: the answer loss learns wᵢ = softmax(α) and leaves the projectors alone."""
+    """``--train weights``: the answer loss learns wᵢ = exp(αᵢ) and leaves the projectors alone."""
     trainer, _, _ = make_trainer(llm, steps=6, train="weights", lr=0.2)
     before = {k: v.clone() for k, v in trainer.fusion.state_dict().items()}
     trainer.train()
     after = trainer.fusion.state_dict()
     assert [k for k in before if not torch.equal(before[k], after[k])] == ["alpha"]
-    assert abs(trainer.fusion.weights()["image"] - 0.5) > 0.01
+    assert abs(trainer.fusion.weights()["image"] - 1.0) > 0.01
     with pytest.raises(ValueError, match="all, weights"):
         make_trainer(llm, steps=1, train="bias")
 
