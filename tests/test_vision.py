@@ -153,6 +153,18 @@ def test_a_shape_on_a_gradient_is_a_drawing_the_palette_alone_missed():
     assert "an orange shape on a" in block and "The drawn shape is a triangle." in block
 
 
+def test_a_silhouette_is_a_drawing_whose_outline_has_no_simple_name():
+    image = Image.new("RGB", (300, 200), (255, 255, 255))
+    d = ImageDraw.Draw(image)
+    d.ellipse((60, 50, 200, 130), fill=(0, 0, 0))  # a body ...
+    d.polygon([(190, 90), (250, 30), (265, 45), (215, 110)], fill=(0, 0, 0))  # ... and a neck
+    found = shapes.find(image)
+    assert [(s.name, s.colour) for s in found.shapes] == [("shape", "black")]
+    assert evidence.describe_drawing(found) == [
+        "It looks like a flat drawing: a black shape on a white background.",
+        "Its outline is no simple geometric shape (not a circle, triangle or square)."]
+
+
 @pytest.mark.parametrize("photo", ["chelsea", "astronaut", "rocket", "camera"])
 def test_a_photo_is_not_a_drawing(photo):
     assert shapes.find(load_photo(photo)) is None

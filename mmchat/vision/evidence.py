@@ -233,8 +233,12 @@ def describe_drawing(drawn: shapes.Drawing) -> list[str]:
     rectangle": the picture's own outline)."""
     tints = list(dict.fromkeys(s.colour for s in drawn.shapes))
     what = f"{_a(tints[0])} shape" if len(drawn.shapes) == 1 else f"{_and(tints)} shapes"
-    outlines = (f"The drawn shape is {_a(drawn.shapes[0].name)}." if len(drawn.shapes) == 1 else
-                f"The drawn shapes: {describe_shapes(drawn.shapes)}.")
+    if len(drawn.shapes) > 1:
+        outlines = f"The drawn shapes: {describe_shapes(drawn.shapes)}."
+    elif drawn.shapes[0].name == "shape":  # a silhouette, a logo: not "The drawn shape is a shape."
+        outlines = "Its outline is no simple geometric shape (not a circle, triangle or square)."
+    else:
+        outlines = f"The drawn shape is {_a(drawn.shapes[0].name)}."
     return [f"It looks like a flat drawing: {what} on a {_and(drawn.background)} background.", outlines]
 
 
