@@ -1,10 +1,11 @@
-"""The shapes in a flat drawing, by outline: circles, ovals, triangles, squares, rectangles.
+"""The shapes in a drawing, by outline: circles, ovals, triangles, squares, rectangles, …
 
-Each colour drawn on the background (colours.Palette) is found as connected regions on a small
-copy; a region that reaches the image's edge is background (a gradient's second colour), one too
-small is noise. A region's outline is judged by its convex hull: how many corners a polygon fitted
-to it has (many: round), and how long it is against how wide.
-The classifier behind the fusion tokens never learned outlines it was not shown; this measures them.
+On a small copy each pixel gets its colour's name (colours.name_pixels). Every region of one name
+that reaches the image's edge is background (a gradient makes two or three); what is left is drawn
+on it, and each connected part of that, if not too small, is a shape. A part's outline is judged by
+its convex hull: how many corners a polygon fitted to it has (many: round), and how long it is
+against how wide. The fusion projector learned outlines only from its own generator's drawings, and
+the ImageNet classifier not at all; this measures them.
 """
 
 from __future__ import annotations
