@@ -62,6 +62,14 @@ def palette(image: Image.Image) -> Palette:
 
 def name_pixels(rgb: np.ndarray) -> np.ndarray:
     """(h, w, 3) RGB in [0, 1] → (h, w) array of colour names."""
+    return NAMES[name_codes(rgb)]
+
+
+def name_codes(rgb: np.ndarray) -> np.ndarray:
+    """(h, w, 3) RGB in [0, 1] → (h, w) indices into :data:`NAMES`.
+
+    Codes, not strings: numpy's object-string steps held the GIL for 50 ms on a 256 × 192 copy, a
+    stall the GUI thread felt (mmchat.vision.shapes names every pixel of one); this takes a few."""
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     value = rgb.max(-1)
     low = rgb.min(-1)
@@ -73,14 +81,16 @@ def name_pixels(rgb: np.ndarray) -> np.ndarray:
         [((g - b) / safe) % 6, (b - r) / safe + 2],
         (r - g) / safe + 4,
     ) * 60.0
-    names = np.empty(value.shape, dtype=object)
-    hue_names = np.select([hue < upper for upper, _ in HUES], [name for _, name in HUES], "red").astype(object)
+    base = np.select([hue < upper for upper, _ in HUES], list(range(len(HUES))), 0)
     brown = (hue < 45) & (value < 0.6) & (saturation > 0.25)
-    chromatic = np.where(brown, "brown", hue_names).astype(object)
-    light = (value > 0.8) & (saturation < 0.5)
-    dark = (value < 0.45) & ~brown
-    chromatic = np.where(light, "light " + chromatic, np.where(dark, "dark " + chromatic, chromatic))
-    grey = np.where(value > 0.88, "white", np.where(value > 0.6, "light grey", "grey"))
-    names[:] = np.where(saturation < GREY_SATURATION, grey, chromatic)
-    names[value < BLACK_VALUE] = "black"
-    return names.astype(str)
+    base = np.where(brown, len(HUES), base)
+    shade = np.where((value > 0.8) & (saturation < 0.5), 1, np.where((value < 0.45) & ~brown, 2, 0))
+    code = base * 3 + shade
+    grey = len(_CHROMATIC) + np.where(value > 0.88, 0, np.where(value > 0.6, 1, 2))
+    code = np.where(saturation < GREY_SATURATION, grey, code)
+    return np.where(value < BLACK_VALUE, len(NAMES) - 1, code)
+
+
+# What name_codes indexes: each hue's (and brown's) plain, light and dark shade, then the greys.
+_CHROMATIC = [f"{shade}{name}" for name in [n for _, n in HUES] + ["brown"] for shade in ("", "light ", "dark ")]
+NAMES = np.array(_CHROMATIC + ["white", "light grey", "grey", "black"])

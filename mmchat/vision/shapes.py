@@ -1,6 +1,6 @@
 """The shapes in a drawing, by outline: circles, ovals, triangles, squares, rectangles, …
 
-On a small copy each pixel gets its colour's name (colours.name_pixels). Every region of one name
+On a small copy each pixel gets its colour's name (colours.name_codes). Every region of one name
 that reaches the image's edge is background (a gradient makes two or three); what is left is drawn
 on it, and each connected part of that, if not too small, is a shape. A part's outline is judged by
 its convex hull: how many corners a polygon fitted to it has (many: round), and how long it is
@@ -36,7 +36,7 @@ MAX_BACKGROUND = 3  # ... and its background has at most this many colours (a gr
 @dataclass(frozen=True)
 class Shape:
     name: str  # "circle", "oval", "triangle", "square", "rectangle", "pentagon", "hexagon" or "shape"
-    colour: str  # its colour's name (colours.name_pixels)
+    colour: str  # its colour's name (colours.NAMES)
     share: float  # of the image's area
 
 
@@ -55,31 +55,30 @@ def find(image: Image.Image) -> Drawing | None:
 
     small = to_rgb(image).copy()
     small.thumbnail((SIDE, SIDE), Image.Resampling.BOX)
-    names = colours.name_pixels(np.asarray(small, dtype=np.float32) / 255.0)
-    height, width = names.shape
+    codes = colours.name_codes(np.asarray(small, dtype=np.float32) / 255.0)
     # The background: every region of one colour name that reaches the edge (a gradient is several).
     # The rest is what is drawn on it, whole: a dark red shape's JPEG pixels may be named red or
     # brown, and named apart they made two ragged halves.
-    ground = np.zeros(names.shape, dtype=bool)
+    ground = np.zeros(codes.shape, dtype=bool)
     background: dict[str, int] = {}
-    for colour in np.unique(names):
-        count, labels = cv2.connectedComponents((names == colour).astype(np.uint8), connectivity=4)
-        edge = set(labels[0]) | set(labels[-1]) | set(labels[:, 0]) | set(labels[:, -1])
-        touching = np.isin(labels, [label for label in edge if label])
-        if touching.any():
+    for code in np.unique(codes):
+        _, labels = cv2.connectedComponents((codes == code).astype(np.uint8), connectivity=4)
+        edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        if edge[-1] > 0:  # 0 is everything not of this colour
+            touching = np.isin(labels, edge[edge > 0])
             ground |= touching
-            background[str(colour)] = int(touching.sum())
+            background[str(colours.NAMES[code])] = int(touching.sum())
     drawn = cv2.morphologyEx((~ground).astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     count, labels, stats, _ = cv2.connectedComponentsWithStats(drawn, connectivity=8)
     found = []
     for label in range(1, count):
         area = int(stats[label][cv2.CC_STAT_AREA])
-        if area >= MIN_SHARE * names.size:
+        if area >= MIN_SHARE * codes.size:
             region = labels == label
-            named, counts = np.unique(names[region & ~ground], return_counts=True)
-            found.append(Shape(_outline(region.astype(np.uint8)), str(named[np.argmax(counts)]),
-                               round(area / names.size, 3)))
-    stray = 1 - (ground.sum() + sum(s.share for s in found) * names.size) / names.size
+            colour = np.bincount(codes[region & ~ground]).argmax()  # its most common colour
+            found.append(Shape(_outline(region.astype(np.uint8)), str(colours.NAMES[colour]),
+                               round(area / codes.size, 3)))
+    stray = 1 - (ground.sum() + sum(s.share for s in found) * codes.size) / codes.size
     if not found or stray > STRAY or len(background) > MAX_BACKGROUND:
         return None
     return Drawing(tuple(sorted(found, key=lambda s: -s.share)[:MAX_SHAPES]),
