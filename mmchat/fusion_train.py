@@ -710,18 +710,12 @@ def _data_root(config: DataConfig) -> Path:
     return paths.cache_dir() / "fusion-data" / f"seed{config.seed}"
 
 
-def _audio_donor(engine, directory: Path) -> fusion_mod.Fusion:
-    """The checkpoint in ``directory``, checked against the loaded LLM and speech encoder."""
+def _checkpoint(engine, directory: Path, *, image: bool) -> fusion_mod.Fusion:
+    """The checkpoint in ``directory``, checked against the loaded LLM and speech encoder, and with
+    ``image`` the image encoder too."""
     llm = engine.llm
     return fusion_mod.load(directory, llm=llm.name, hidden_size=llm.hidden_size,
-                           audio_fingerprint=engine.whisper.fingerprint, embed=llm.embed)
-
-
-def _start(engine, directory: Path) -> fusion_mod.Fusion:
-    """The checkpoint in ``directory``, checked against the loaded LLM and both encoders."""
-    llm = engine.llm
-    return fusion_mod.load(directory, llm=llm.name, hidden_size=llm.hidden_size,
-                           image_fingerprint=engine.image_encoder.fingerprint,
+                           image_fingerprint=engine.image_encoder.fingerprint if image else None,
                            audio_fingerprint=engine.whisper.fingerprint, embed=llm.embed)
 
 
@@ -749,7 +743,8 @@ def train_fusion(engine, *, train_dir: Path, heldout_dir: Path | None, out: Path
     from mmchat.fusion_eval import evaluate
 
     samples = validate_dataset(train_dir)
-    donor = _audio_donor(engine, audio_from) if audio_from is not None else None
+    donor = _checkpoint(engine, audio_from, image=False) if audio_from is not None else None
+    base = _checkpoint(engine, start_from, image=True) if start_from is not None else None
     require_modalities(samples)
     llm = engine.llm
     encoders = _encoders_for(engine, samples)
@@ -773,10 +768,9 @@ def train_fusion(engine, *, train_dir: Path, heldout_dir: Path | None, out: Path
     if donor is not None:
         fusion_config = replace(fusion_config, **{f.name: getattr(donor.config, f.name) for f in fields(donor.config)
                                                   if f.name.startswith("audio_")})
-    elif fusion_config.audio_collapse:
+    elif fusion_config.audio_collapse and base is None:
         vocabulary = audio_vocabulary(llm, samples, seed=config.seed)
         fusion_config = replace(fusion_config, audio_vocab=len(vocabulary))
-    base = _start(engine, start_from) if start_from is not None else None
     if base is not None:
         fusion_config = replace(base.config, modality_weights="own")
     torch.manual_seed(config.seed)  # the dropout masks and α depend on the seed alone ...
@@ -787,7 +781,7 @@ def train_fusion(engine, *, train_dir: Path, heldout_dir: Path | None, out: Path
             fusion.set_weight(modality, base.weight(modality))
     elif fusion_config.image_stats:
         fusion.fit_image_stats([features[s.id] for s in samples if s.modality == "image"])
-    if vocabulary and base is None:
+    if vocabulary:
         fusion.audio_vocab_ids.copy_(torch.tensor(vocabulary))
     if donor is not None:
         fusion.load_state_dict({k: v for k, v in donor.state_dict().items() if k.startswith("audio")}, strict=False)
