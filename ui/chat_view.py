@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (QFrame, QGridLayout, QHBoxLayout, QLabel, QPlainT
 
 from mmchat.store import Message
 from mmchat_ui import icons, theme
-from mmchat_ui.media_widgets import Thumbnail, VoiceChip
+from mmchat_ui.media_widgets import MESSAGE_THUMB_SIDE, Thumbnail, VoiceChip, decode_image, encoded_size
 from mmchat_ui.memory_widgets import MemoryNote
 from mmchat_ui.rich_text import COPIED_FEEDBACK_MS, MarkdownView
 
@@ -82,7 +82,10 @@ class UserMessage(QWidget):
     edit_submitted = Signal(int, str)  # message id, new text
     image_clicked = Signal(QImage)
 
-    def __init__(self, message: Message, parent: QWidget | None = None) -> None:
+    def __init__(self, message: Message, *, previews: list[QImage] | None = None,
+                 parent: QWidget | None = None) -> None:
+        """``previews``: small copies of the message's images, in order, when the caller has them
+        (the composer made them off the GUI thread); otherwise they are decoded here, scaled on reading."""
         super().__init__(parent)
         self.message = message
         outer = QHBoxLayout(self)
@@ -101,8 +104,10 @@ class UserMessage(QWidget):
         if images:
             row = QHBoxLayout()
             row.setSpacing(6)
-            for attachment in images:
-                thumb = Thumbnail(QImage.fromData(attachment.data))
+            for i, attachment in enumerate(images):
+                data = attachment.data
+                preview = previews[i] if previews else decode_image(data, max_side=2 * MESSAGE_THUMB_SIDE)
+                thumb = Thumbnail(preview, full=lambda data=data: decode_image(data), full_size=encoded_size(data))
                 thumb.clicked.connect(self.image_clicked)
                 self.thumbnails.append(thumb)
                 row.addWidget(thumb)
@@ -471,8 +476,8 @@ class ChatView(QScrollArea):
     def set_temporary(self, temporary: bool) -> None:
         self.temp_banner.setVisible(temporary)
 
-    def add_user(self, message: Message, *, scroll: bool = True) -> UserMessage:
-        widget = UserMessage(message)
+    def add_user(self, message: Message, *, previews: list[QImage] | None = None, scroll: bool = True) -> UserMessage:
+        widget = UserMessage(message, previews=previews)
         widget.edit_submitted.connect(self.edit_submitted)
         widget.image_clicked.connect(self.image_clicked)
         self._append(widget)

@@ -269,7 +269,7 @@ class Composer(QFrame):
 
     def _image_loaded(self, pending: PendingImage) -> None:
         self._images.append(pending)
-        thumb = PendingThumbnail(pending.thumbnail, pending.name)
+        thumb = PendingThumbnail(pending.thumbnail, pending.name, QSize(*pending.image.size))
         thumb.remove_requested.connect(self._remove_thumb)
         thumb.clicked.connect(lambda _img, p=pending: self.image_clicked.emit(_full_qimage(p.image)))
         self._thumbs.append(thumb)

@@ -429,7 +429,8 @@ class MainWindow(QMainWindow):
             if visible:
                 if job.kind == "edit":
                     self.chat.truncate_from(job.edit_id)
-                self.chat.add_user(event.message)
+                draft = job.draft
+                self.chat.add_user(event.message, previews=[p.thumbnail for p in draft.images] if draft else None)
                 self._start_reply()
             # The sidebar and title in a later turn of the event loop: small slices keep it responsive.
             QTimer.singleShot(0, self, lambda: self._after_user_message(job))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable
 
-from PySide6.QtCore import QRectF, QSize, Qt, Signal
-from PySide6.QtGui import QColor, QImage, QPainter, QPainterPath, QPixmap
+from PySide6.QtCore import QBuffer, QByteArray, QRectF, QSize, Qt, Signal
+from PySide6.QtGui import QColor, QImage, QImageReader, QPainter, QPainterPath, QPixmap
 from PySide6.QtWidgets import (QDialog, QHBoxLayout, QLabel, QScrollArea, QSizePolicy, QToolButton,
                                QVBoxLayout, QWidget)
 
@@ -17,6 +18,25 @@ log = logging.getLogger(__name__)
 THUMB_SIDE = 64  # px, composer thumbnails
 MESSAGE_THUMB_SIDE = 200  # px, thumbnails in sent messages
 WAVE_BARS = 36
+
+
+def decode_image(data: bytes, *, max_side: int | None = None) -> QImage:
+    """Encoded image bytes as a QImage, scaled down on reading to fit ``max_side`` if given."""
+    array = QByteArray(data)
+    buffer = QBuffer(array)  # the reader reads through these: they must outlive it
+    reader = QImageReader(buffer)
+    if max_side is not None:
+        size = reader.size()
+        if size.isValid() and max(size.width(), size.height()) > max_side:
+            reader.setScaledSize(size.scaled(max_side, max_side, Qt.AspectRatioMode.KeepAspectRatio))
+    return reader.read()
+
+
+def encoded_size(data: bytes) -> QSize:
+    """The pixel size of encoded image bytes, from the header alone."""
+    array = QByteArray(data)
+    buffer = QBuffer(array)
+    return QImageReader(buffer).size()
 
 
 def rounded_pixmap(image: QImage, size: QSize, *, radius: float, dpr: float) -> QPixmap:
@@ -37,23 +57,34 @@ def rounded_pixmap(image: QImage, size: QSize, *, radius: float, dpr: float) -> 
 
 
 class Thumbnail(QLabel):
-    """A clickable image thumbnail; ``clicked`` carries the image to show larger."""
+    """A clickable image thumbnail; ``clicked`` carries the image to show larger.
+
+    It draws from ``preview`` (a copy a little larger than the thumbnail); ``full`` decodes the
+    whole picture only when it is asked for, since decoding a photo on the GUI thread stalls it."""
 
     clicked = Signal(QImage)
 
-    def __init__(self, image: QImage, *, side: int = MESSAGE_THUMB_SIDE, parent: QWidget | None = None) -> None:
+    def __init__(self, preview: QImage, *, full: Callable[[], QImage] | None = None, full_size: QSize | None = None,
+                 side: int = MESSAGE_THUMB_SIDE, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("thumb")
-        self.image = image
+        self.preview = preview
+        self._full = full
+        self.full_size = full_size if full_size is not None else preview.size()
         self.side = side
         self.setCursor(Qt.CursorShape.PointingHandCursor)
-        self.setToolTip(f"{image.width()} × {image.height()} — click to view larger")
+        self.setToolTip(f"{self.full_size.width()} × {self.full_size.height()} — click to view larger")
         self.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)
         self._render()
 
+    @property
+    def image(self) -> QImage:
+        """The whole picture."""
+        return self._full() if self._full is not None else self.preview
+
     def _render(self) -> None:
         dpr = self.devicePixelRatioF() or 1.0
-        pixmap = rounded_pixmap(self.image, QSize(self.side, self.side), radius=8, dpr=dpr)
+        pixmap = rounded_pixmap(self.preview, QSize(self.side, self.side), radius=8, dpr=dpr)
         self.setPixmap(pixmap)
         self.setFixedSize(pixmap.deviceIndependentSize().toSize())
 
@@ -69,12 +100,12 @@ class PendingThumbnail(QWidget):
     remove_requested = Signal(object)  # self
     clicked = Signal(QImage)
 
-    def __init__(self, image: QImage, name: str, parent: QWidget | None = None) -> None:
+    def __init__(self, preview: QImage, name: str, full_size: QSize, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.name = name
-        self.thumb = Thumbnail(image, side=THUMB_SIDE, parent=self)
+        self.thumb = Thumbnail(preview, full_size=full_size, side=THUMB_SIDE, parent=self)
         self.thumb.clicked.connect(self.clicked)
-        self.thumb.setToolTip(f"{name} — {image.width()} × {image.height()}")
+        self.thumb.setToolTip(f"{name} — {full_size.width()} × {full_size.height()}")
         self.remove_button = QToolButton(self)
         self.remove_button.setObjectName("removeAttachment")
         self.remove_button.setIcon(icons.icon("close", "#ffffff"))

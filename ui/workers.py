@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import traceback
 from collections.abc import Callable
@@ -26,6 +27,11 @@ log = logging.getLogger(__name__)
 MAX_THREADS = 4  # model loading, a reply, a transcription and read-aloud can overlap
 RELEASE_AFTER_MS = 1000  # a finished task object is kept this long before it may be freed
 BACKGROUND_NICE = 5  # Linux nice value of pool threads (and the torch threads they start)
+# How long a Python thread keeps the GIL once another thread asks for it. The GUI thread asks at
+# every slot and every Python override it runs, several times per frame; at Python's default 5 ms a
+# worker busy in pure Python (OCR's config building, imports) stretched one 10 ms timer tick to
+# 40-50 ms. At 1 ms the longest tick while a photo is seen and answered measured 31-41 ms (6 runs).
+GIL_SWITCH_INTERVAL_S = 0.001
 
 _lowered = threading.local()
 
@@ -90,6 +96,7 @@ class TaskRunner(QObject):
 
     def __init__(self, parent: QObject | None = None, *, max_threads: int = MAX_THREADS) -> None:
         super().__init__(parent)
+        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
         self.pool = QThreadPool(self)
         self.pool.setMaxThreadCount(max_threads)
         self._tasks: set[Task] = set()  # started and not yet released
