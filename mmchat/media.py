@@ -85,9 +85,9 @@ class MediaEncoder:
         encoder = _slot(lambda: self.engine.image_encoder, "the image encoder", problems)
         reader = _slot(lambda: self.engine.text_reader, "text reading (OCR)", problems)
         face_finder = _slot(lambda: self.engine.face_finder, "the face detector", problems)
-        tokens, guesses = None, None
+        features, guesses = None, None
         if self.image_fusion and encoder is not None:
-            tokens, guesses = self._fusion_tokens(encoder, image, problems)
+            features, guesses = self._encode(encoder, image, problems)
         found = evidence.gather(image, index=index, encoder=encoder, reader=reader, face_finder=face_finder,
                                 guesses=guesses)
         problems += found.problems
@@ -98,33 +98,41 @@ class MediaEncoder:
         # screenshot shows a pale square", on the astronaut photo "a football helmet". (Leaving them out
         # wherever the classifier is sure cost drawings their shape too: 60 % instead of 83 %, as a
         # drawn disc is "a ping-pong ball".)
-        if tokens is not None and not (found.mostly_text or found.faces):
-            from mmchat.llm import MEDIA_PLACEHOLDER
+        if features is not None and not (found.mostly_text or found.faces):
+            tokens = self._fusion_step(lambda: self.fusion.image_tokens(features.patches.float())[0], problems)
+            if tokens is not None:
+                from mmchat.llm import MEDIA_PLACEHOLDER
 
-            start, end = fusion_mod.DELIMITERS["image"]
-            text += f"\n{start}{MEDIA_PLACEHOLDER}{end}"
-            tensors = (self._to_llm(tokens),)
+                start, end = fusion_mod.DELIMITERS["image"]
+                text += f"\n{start}{MEDIA_PLACEHOLDER}{end}"
+                tensors = (self._to_llm(tokens),)
         notes = [f"Image {index}: {problem}; the reply uses the rest." for problem in problems]
         if encoder is not None and not encoder.trained:
             notes.append("image encoder untrained (seeded random CLIP): objects are not named, colours and text "
                          "are (run `mmchat models fetch clip-vit-b-32`, then `mmchat train-fusion`)")
         return MediaPart(text, tensors, "\n".join(notes), _reminder(found))
 
-    def _fusion_tokens(self, encoder, image, problems: list[str]):
-        """(the fusion token group, the encoder's guesses when they came from the same pass) or (None, None)."""
+    def _encode(self, encoder, image, problems: list[str]):
+        """(the encoder's features, its guesses when they came from the same pass) or (None, None)."""
+        def encode():
+            if hasattr(encoder, "encode_and_recognise"):
+                return encoder.encode_and_recognise(image)
+            return encoder.encode([image]), None
+
+        return self._fusion_step(encode, problems) or (None, None)
+
+    @staticmethod
+    def _fusion_step(step, problems: list[str]):
+        """``step()`` under inference mode; a failure is said in ``problems`` (the evidence still goes) and gives None."""
         try:
             with torch.inference_mode():
-                if hasattr(encoder, "encode_and_recognise"):
-                    features, guesses = encoder.encode_and_recognise(image)
-                else:
-                    features, guesses = encoder.encode([image]), None
-                return self.fusion.image_tokens(features.patches.float())[0], guesses
+                return step()
         except MMChatError as exc:
             problems.append(f"the fusion tokens could not be made ({str(exc).splitlines()[0]})")
         except Exception as exc:  # a bug in an encoder must not lose the turn: logged, said, evidence still goes
             log.exception("image fusion failed")
             problems.append(f"the fusion tokens could not be made ({type(exc).__name__}: {exc})")
-        return None, None
+        return None
 
     # -- audio -----------------------------------------------------------------------------------
     def audio(self, audio: np.ndarray, *, transcript: str) -> MediaPart:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from PIL import Image
 
@@ -163,9 +163,12 @@ def gather(image: Image.Image, *, index: int, encoder=None, reader=None, face_fi
     palette = _attempt(lambda: colours.palette(image), "measuring colours", problems)
     text = _attempt(lambda: reader.read(image), "reading text", problems) if reader is not None else None
     faces = _attempt(lambda: face_finder.count(image), "finding faces", problems) if face_finder is not None else None
-    drawn = _attempt(lambda: shapes.find(image), "finding shapes", problems)
-    return ImageEvidence(index, image.size, tuple(guesses or ()), recogniser, palette, text, faces, drawn,
-                         tuple(problems))
+    found = ImageEvidence(index, image.size, tuple(guesses or ()), recogniser, palette, text, faces)
+    # Outlines are read only where they can make a drawing (see ``drawing``): not on a page of text,
+    # nor on a photo the classifier is sure of that has no flat colours (~15 ms saved per picture).
+    if not found._text_chars and ((found.palette is not None and found.palette.flat) or not found.recognised):
+        found = replace(found, drawn=_attempt(lambda: shapes.find(image), "finding shapes", problems))
+    return replace(found, problems=tuple(problems))
 
 
 def recogniser_name(encoder) -> str:
