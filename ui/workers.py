@@ -30,7 +30,7 @@ BACKGROUND_NICE = 5  # Linux nice value of pool threads (and the torch threads t
 # How long a Python thread keeps the GIL once another thread asks for it. The GUI thread asks at
 # every slot and every Python override it runs, several times per frame; at Python's default 5 ms a
 # worker busy in pure Python (OCR's config building, imports) stretched one 10 ms timer tick to
-# 40-50 ms. At 1 ms the longest tick while a photo is seen and answered measured 31-41 ms (6 runs).
+# 40-50 ms. At 1 ms the longest tick while a photo is seen and answered measured 26-47 ms (12 runs).
 GIL_SWITCH_INTERVAL_S = 0.001
 
 _lowered = threading.local()
