@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 from mmchat import registry
 from mmchat.images import load_image
 from mmchat.errors import MMChatError
-from mmchat.vision import colours, evidence, imagenet, load_image_encoder, shapes
+from mmchat.vision import colours, evidence, imagenet, load_image_encoder, native, shapes
 from mmchat.vision.eval_sets import ERRORS, load_photo, drawing, screenshots
 from mmchat.vision.features import Guess
 from mmchat.vision.ocr import TextPiece, TextReader, TextReading, reading_order
@@ -202,6 +202,26 @@ def test_reading_order_keeps_the_lines_of_a_slanted_page_apart(degrees):
             pieces.append(TextPiece(f"r{row}c{column}", 0.9, x * math.cos(turn) - y * math.sin(turn),
                                     x * math.sin(turn) + y * math.cos(turn), 20, turn))
     assert reading_order(pieces[::-1]) == tuple(f"r{r}c0 r{r}c1" for r in range(4))
+
+
+def test_opencv_and_onnxruntime_libraries_are_found_in_their_wheels():
+    cv2_files = native.shared_libraries("cv2")
+    assert any(p.name.startswith("cv2") for p in cv2_files)
+    assert len(cv2_files) > 1  # the libraries the wheel bundles: most of what its import maps
+    assert any("onnxruntime_pybind11_state" in p.name for p in native.shared_libraries("onnxruntime"))
+    assert all(p.is_file() for p in cv2_files)
+    assert native.shared_libraries("no_such_package_here") == []
+
+
+def test_a_native_import_reads_its_libraries_before_it_imports(monkeypatch):
+    """The reads (which release the GIL) must come before the import (which holds it while mapping)."""
+    done = []
+    monkeypatch.delitem(sys.modules, "cv2", raising=False)  # the undo puts the loaded module back
+    monkeypatch.setattr(native, "_read", lambda path: done.append(("read", path.name)))
+    monkeypatch.setattr(native.importlib, "import_module", lambda name: done.append(("import", name)))
+    native.import_cached("cv2")
+    assert done[-1] == ("import", "cv2") and len(done) == len(native.shared_libraries("cv2")) + 1
+    assert {kind for kind, _ in done[:-1]} == {"read"}
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ from PIL import Image
 from mmchat import registry
 from mmchat.errors import MMChatError
 from mmchat.images import to_rgb
+from mmchat.vision import native
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class FaceFinder:
     def load(cls, name: str) -> FaceFinder:
         (path,) = registry.get(name).verified_parts(registry.Role.FACES)
         try:
-            import cv2
+            cv2 = native.import_cached("cv2")
         except ImportError as exc:
             raise MMChatError(f"Finding faces needs OpenCV, which does not import ({exc}).",
                               hint="Run the README's setup command again.") from None

@@ -29,6 +29,7 @@ from PIL import Image
 from mmchat import registry
 from mmchat.errors import MMChatError
 from mmchat.images import to_rgb
+from mmchat.vision import native
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ class TextReader:
     def load(cls, name: str) -> TextReader:
         det, rec = registry.get(name).verified_parts(registry.Role.OCR)
         try:
+            for library in ("cv2", "onnxruntime"):  # what rapidocr imports, the slow part cached first
+                native.import_cached(library)
             from rapidocr import RapidOCR
         except ImportError as exc:
             raise MMChatError(f"Text reading needs the rapidocr package, which does not import ({exc}).",
