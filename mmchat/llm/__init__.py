@@ -1,9 +1,12 @@
-"""The LLM runtime: load a registry model, stream chat replies, splice media embeddings.
+"""The LLM runtimes: load a registry model, stream chat replies, splice media embeddings.
 
-Generation runs our own decoding loop over ``model(inputs_embeds=..., cache=...)`` so that
-media rows (already projected into the LLM's embedding space) can sit between text tokens, the
-KV cache of the previous call can be reused for the common prefix, and a Stop flag is checked
-every token. Text is detokenised incrementally and never yields a broken character.
+:class:`ChatModel` is what they share: fitting a chat into the window, the chat template, media
+rows (already projected into the LLM's embedding space) between text tokens, and the decoding loop,
+which checks a Stop flag every token and detokenises incrementally, never yielding a broken
+character. Chat runs on llama.cpp (:mod:`mmchat.llm.llamacpp`). :class:`LLM` here is the torch
+runtime, which fusion training needs (gradients through the model): our own loop over
+``model(inputs_embeds=..., cache=...)`` on a de-quantised copy, reusing the previous call's KV
+cache for the common prefix.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from mmchat.errors import MMChatError
 from mmchat.llm_convert import model_dir
 from mmchat.scripted_step import GROUPED_ATTENTION_FROM, ScriptedStep, grouped_attention
 
-__all__ = ["GenerationConfig", "GenerationStats", "LLM", "MEDIA_PLACEHOLDER"]
+__all__ = ["ChatModel", "GenerationConfig", "GenerationStats", "LLM", "MEDIA_PLACEHOLDER"]
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +115,147 @@ class _Prompt:
         return [k for k in self.keys if isinstance(k, int)]
 
 
-class LLM:
-    """A loaded chat model. Use :meth:`load`; one generation at a time per instance is cheapest."""
+class ChatModel:
+    """What every chat runtime shares: fitting a chat into the window, rendering its template and
+    tokenising around media rows. A runtime sets :attr:`name`, :attr:`hidden_size`,
+    :attr:`context_length` and :attr:`dtype`, and gives :meth:`_render`, :meth:`_ids` and :meth:`_run`."""
+
+    name: str
+    hidden_size: int
+    context_length: int
+    dtype: torch.dtype
+    stop_ids: frozenset[int]
+    last_stats: GenerationStats | None = None
+
+    def _render(self, chat: list[dict]) -> str:
+        """The chat template applied to ``chat``, ending with the assistant's turn opened."""
+        raise NotImplementedError
+
+    def _ids(self, text: str) -> list[int]:
+        """Token ids of ``text``, special tokens written in it parsed as such, none added."""
+        raise NotImplementedError
+
+    def _run(self, prompt: _Prompt, *, config: GenerationConfig, stop: threading.Event | None) -> Iterator[str]:
+        """Prefill and decode (a generator: nothing runs until the first ``next``)."""
+        raise NotImplementedError
+
+    def _forward_token(self, cache, token: int) -> torch.Tensor:
+        """The logits after feeding ``token`` at the next position."""
+        raise NotImplementedError
+
+    def _detokenizer(self):
+        """A fresh incremental detokeniser (``push(token) -> str``, ``flush() -> str``)."""
+        raise NotImplementedError
+
+    def _is_stop(self, token: int) -> bool:
+        return token in self.stop_ids
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._ids(text))
+
+    def encode(self, text: str) -> torch.Tensor:
+        """Token ids of ``text`` (no special tokens added), as a 1-D int64 tensor."""
+        return torch.tensor(self._ids(text), dtype=torch.long)
+
+    # ----------------------------------------------------------------- generation
+    def stream(self, messages: list[dict], *, config: GenerationConfig = GenerationConfig(),
+               media: Sequence[torch.Tensor] = (), stop: threading.Event | None = None) -> Iterator[str]:
+        """Yield the reply to ``messages`` in text chunks as they are decoded.
+
+        The i-th :data:`MEDIA_PLACEHOLDER` in the contents is replaced by the rows of ``media[i]``
+        (``(k, hidden_size)``, in the embedding space). Too-long chats are fitted to the window.
+        Setting ``stop`` ends generation before the next token.
+        """
+        if not messages:
+            raise ValueError("no messages to reply to")
+        media = [self._check_media(m) for m in media]
+        if count_placeholders(messages) != len(media):
+            raise ValueError(f"{count_placeholders(messages)} media placeholders but {len(media)} media tensors")
+        # The reply gets max_new_tokens of room, but the prompt always keeps a quarter of the window.
+        budget = max(self.context_length - config.max_new_tokens, self.context_length // 4)
+        prompt = self._build_prompt(messages, media, max_prompt_tokens=budget)
+        return self._run(prompt, config=config, stop=stop)
+
+    def generate(self, messages: list[dict], *, config: GenerationConfig = GenerationConfig(),
+                 media: Sequence[torch.Tensor] = (), stop: threading.Event | None = None) -> str:
+        """The whole reply as one string (see :meth:`stream`)."""
+        return "".join(self.stream(messages, config=config, media=media, stop=stop))
+
+    def _check_media(self, rows: torch.Tensor) -> torch.Tensor:
+        if rows.ndim != 2 or rows.shape[1] != self.hidden_size:
+            raise ValueError(f"media must be (k, {self.hidden_size}) tensors, got {tuple(rows.shape)}")
+        return rows.detach().to(device="cpu", dtype=self.dtype).contiguous()
+
+    def _decode(self, cache, keys: list, logits: torch.Tensor, *, prompt: _Prompt, config: GenerationConfig,
+                stop: threading.Event | None, state: dict) -> Iterator[str]:
+        """Sample, yield text, feed the token back (:meth:`_forward_token`, whose ``cache`` is the runtime's
+        own); ``state`` records the count and why it ended."""
+        sampler = _Sampler(config, prompt.text_ids)
+        detok = self._detokenizer()
+        room = max(self.context_length - len(prompt.keys), 1)
+        limit = min(config.max_new_tokens, room)
+        state["reason"] = "length" if limit == config.max_new_tokens else "context"
+        generated = 0
+        while generated < limit:
+            if stop is not None and stop.is_set():
+                state["reason"] = "stopped"
+                break
+            token = sampler.sample(logits)
+            if self._is_stop(token):
+                state["reason"] = "eos"
+                break
+            generated = state["generated"] = generated + 1
+            if text := detok.push(token):
+                yield text
+            if generated < limit and not (stop is not None and stop.is_set()):
+                logits = self._forward_token(cache, token)  # the last token needs no forward pass
+                keys.append(token)
+                sampler.observe(token)
+        if text := detok.flush():
+            yield text
+
+    def _build_prompt(self, messages: list[dict], media: list[torch.Tensor], *, max_prompt_tokens: int) -> _Prompt:
+        """Fit ``messages`` to the budget, render the chat template and tokenise around media."""
+        annotated, start = [], 0
+        for message in messages:
+            n = str(message.get("content", "")).count(MEDIA_PLACEHOLDER)
+            annotated.append({"role": message["role"], "content": str(message.get("content", "")),
+                              "media": media[start:start + n]})
+            start += n
+        budget = max_prompt_tokens
+        for _ in range(FIT_ATTEMPTS):
+            fitted = fit_messages(annotated, count_tokens=self.count_tokens, max_prompt_tokens=budget,
+                                  media_tokens=[len(m) for m in media])
+            prompt = self._tokenize(fitted, dropped=len(messages) - len(fitted))
+            overshoot = len(prompt.keys) - max_prompt_tokens
+            if overshoot <= 0:
+                break
+            budget -= overshoot  # the template cost more than estimated: ask for less
+        return prompt
+
+    def _tokenize(self, fitted: list[dict], *, dropped: int) -> _Prompt:
+        kept_media = [rows for m in fitted for rows in m["media"]]
+        text = self._render([{"role": m["role"], "content": m["content"]} for m in fitted])
+        segments = text.split(MEDIA_PLACEHOLDER)
+        if len(segments) - 1 != len(kept_media):
+            raise RuntimeError(f"the chat template of {self.name} changed the number of media placeholders")
+        pieces, keys = [], []
+        for i, segment in enumerate(segments):
+            if segment:
+                ids = self._ids(segment)
+                pieces.append(torch.tensor(ids, dtype=torch.long))
+                keys.extend(ids)
+            if i < len(kept_media):
+                rows = kept_media[i]
+                digest = hashlib.blake2b(rows.view(torch.uint8).numpy().tobytes(), digest_size=16).digest()
+                pieces.append(rows)
+                keys.extend((digest, r) for r in range(len(rows)))
+        return _Prompt(pieces=pieces, keys=keys, dropped_messages=dropped)
+
+
+class LLM(ChatModel):
+    """A chat model run by torch (transformers' model, our decoding loop). Use :meth:`load`; one
+    generation at a time per instance is cheapest. Fusion training runs on this one: it has gradients."""
 
     def __init__(self, *, name: str, model, tokenizer) -> None:
         self.name = name
@@ -172,12 +314,14 @@ class LLM:
         return cls(name=name or Path(path).name, model=model.eval(), tokenizer=tokenizer)
 
     # ----------------------------------------------------------------- tokens and embeddings
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def encode(self, text: str) -> torch.Tensor:
-        """Token ids of ``text`` (no special tokens added), as a 1-D int64 tensor."""
-        return torch.tensor(self.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    def _render(self, chat: list[dict]) -> str:
+        return self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+
+    def _detokenizer(self) -> _Detokenizer:
+        return _Detokenizer(self.tokenizer)
 
     @torch.no_grad()
     def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
@@ -190,73 +334,6 @@ class LLM:
             self._cache, self._cache_keys = None, []
 
     # ----------------------------------------------------------------- generation
-    def stream(self, messages: list[dict], *, config: GenerationConfig = GenerationConfig(),
-               media: Sequence[torch.Tensor] = (), stop: threading.Event | None = None) -> Iterator[str]:
-        """Yield the reply to ``messages`` in text chunks as they are decoded.
-
-        The i-th :data:`MEDIA_PLACEHOLDER` in the contents is replaced by the rows of ``media[i]``
-        (``(k, hidden_size)``, in the embedding space). Too-long chats are fitted to the window.
-        Setting ``stop`` ends generation before the next token.
-        """
-        if not messages:
-            raise ValueError("no messages to reply to")
-        media = [self._check_media(m) for m in media]
-        if count_placeholders(messages) != len(media):
-            raise ValueError(f"{count_placeholders(messages)} media placeholders but {len(media)} media tensors")
-        # The reply gets max_new_tokens of room, but the prompt always keeps a quarter of the window.
-        budget = max(self.context_length - config.max_new_tokens, self.context_length // 4)
-        prompt = self._build_prompt(messages, media, max_prompt_tokens=budget)
-        return self._run(prompt, config=config, stop=stop)
-
-    def generate(self, messages: list[dict], *, config: GenerationConfig = GenerationConfig(),
-                 media: Sequence[torch.Tensor] = (), stop: threading.Event | None = None) -> str:
-        """The whole reply as one string (see :meth:`stream`)."""
-        return "".join(self.stream(messages, config=config, media=media, stop=stop))
-
-    def _check_media(self, rows: torch.Tensor) -> torch.Tensor:
-        if rows.ndim != 2 or rows.shape[1] != self.hidden_size:
-            raise ValueError(f"media must be (k, {self.hidden_size}) tensors, got {tuple(rows.shape)}")
-        return rows.detach().to(device="cpu", dtype=self.dtype).contiguous()
-
-    def _build_prompt(self, messages: list[dict], media: list[torch.Tensor], *, max_prompt_tokens: int) -> _Prompt:
-        """Fit ``messages`` to the budget, render the chat template and tokenise around media."""
-        annotated, start = [], 0
-        for message in messages:
-            n = str(message.get("content", "")).count(MEDIA_PLACEHOLDER)
-            annotated.append({"role": message["role"], "content": str(message.get("content", "")),
-                              "media": media[start:start + n]})
-            start += n
-        budget = max_prompt_tokens
-        for _ in range(FIT_ATTEMPTS):
-            fitted = fit_messages(annotated, count_tokens=self.count_tokens, max_prompt_tokens=budget,
-                                  media_tokens=[len(m) for m in media])
-            prompt = self._tokenize(fitted, dropped=len(messages) - len(fitted))
-            overshoot = len(prompt.keys) - max_prompt_tokens
-            if overshoot <= 0:
-                break
-            budget -= overshoot  # the template cost more than estimated: ask for less
-        return prompt
-
-    def _tokenize(self, fitted: list[dict], *, dropped: int) -> _Prompt:
-        kept_media = [rows for m in fitted for rows in m["media"]]
-        chat = [{"role": m["role"], "content": m["content"]} for m in fitted]
-        text = self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-        segments = text.split(MEDIA_PLACEHOLDER)
-        if len(segments) - 1 != len(kept_media):
-            raise RuntimeError(f"the chat template of {self.name} changed the number of media placeholders")
-        pieces, keys = [], []
-        for i, segment in enumerate(segments):
-            if segment:
-                ids = self.tokenizer(segment, add_special_tokens=False)["input_ids"]
-                pieces.append(torch.tensor(ids, dtype=torch.long))
-                keys.extend(ids)
-            if i < len(kept_media):
-                rows = kept_media[i]
-                digest = hashlib.blake2b(rows.view(torch.uint8).numpy().tobytes(), digest_size=16).digest()
-                pieces.append(rows)
-                keys.extend((digest, r) for r in range(len(rows)))
-        return _Prompt(pieces=pieces, keys=keys, dropped_messages=dropped)
-
     def _run(self, prompt: _Prompt, *, config: GenerationConfig, stop: threading.Event | None) -> Iterator[str]:
         """Prefill and decode (a generator: nothing runs until the first ``next``)."""
         cache, reused = self._take_cache(prompt.keys)
@@ -280,33 +357,6 @@ class LLM:
                 prompt_tokens=len(prompt.keys), reused_tokens=reused, generated_tokens=state["generated"],
                 dropped_messages=prompt.dropped_messages, prefill_seconds=prefill_s,
                 decode_seconds=max(total - prefill_s, 0.0), stop_reason=state["reason"])
-
-    def _decode(self, cache, keys: list, logits: torch.Tensor, *, prompt: _Prompt, config: GenerationConfig,
-                stop: threading.Event | None, state: dict) -> Iterator[str]:
-        """Sample, yield text, feed the token back; ``state`` records the count and why it ended."""
-        sampler = _Sampler(config, prompt.text_ids)
-        detok = _Detokenizer(self.tokenizer)
-        room = max(self.context_length - len(prompt.keys), 1)
-        limit = min(config.max_new_tokens, room)
-        state["reason"] = "length" if limit == config.max_new_tokens else "context"
-        generated = 0
-        while generated < limit:
-            if stop is not None and stop.is_set():
-                state["reason"] = "stopped"
-                break
-            token = sampler.sample(logits)
-            if token in self.stop_ids:
-                state["reason"] = "eos"
-                break
-            generated = state["generated"] = generated + 1
-            if text := detok.push(token):
-                yield text
-            if generated < limit and not (stop is not None and stop.is_set()):
-                logits = self._forward_token(cache, token)  # the last token needs no forward pass
-                keys.append(token)
-                sampler.observe(token)
-        if text := detok.flush():
-            yield text
 
     # ----------------------------------------------------------------- KV cache
     @torch.inference_mode()
