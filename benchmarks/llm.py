@@ -235,7 +235,8 @@ def _growth_turn(llm, target: int):
 def run(size: Size, *, engine=None) -> list[Result]:
     from mmchat.engine import Engine
 
-    llm = (engine or Engine()).llm
+    # The torch runtime (now the one fusion training uses): these rows compare it with transformers.
+    llm = (engine or Engine()).training_llm
     results = decode_vs_bandwidth(llm, size) + ours_vs_generate(llm, size)
     results += time_to_first_token(llm, size) + cost_growth(llm, size)
     llm.reset_cache()

@@ -78,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-tokens", type=int, default=512, metavar="N")
     chat.add_argument("--temperature", type=float, default=0.7)
     chat.add_argument("--seed", type=int)
+    chat.add_argument("--threads", type=int, metavar="N",
+                      help="CPU threads for the LLM (default: $MMCHAT_LLM_THREADS, else one per physical core)")
     chat.add_argument("--remember", action="store_true",
                       help="store facts you state about yourself without asking (flagged text still waits)")
     chat.set_defaults(func=_cmd_chat)
@@ -283,7 +285,9 @@ def _session(args):
     from mmchat.llm import GenerationConfig
     from mmchat.store import ConversationStore
 
-    engine = Engine(llm=args.model)
+    if args.threads is not None and args.threads < 1:
+        raise MMChatError("--threads must be at least 1.")
+    engine = Engine(llm=args.model, llm_threads=args.threads)
     memory = _memory_service()
     store = None if args.temporary else ConversationStore(profile_id=memory.profile_id)
     if store is not None and store.notice:
@@ -497,7 +501,7 @@ def _cmd_eval_fusion(args) -> int:
     from mmchat.media import find_checkpoint
 
     engine = Engine(llm=args.model, image=args.image_encoder)
-    llm = engine.llm
+    llm = engine.training_llm  # its losses run through torch, where the stored metrics were measured
     directory = args.checkpoint or find_checkpoint(llm.name, engine.model_name("image"))
     if directory is None:
         raise MMChatError(f"No fusion checkpoint for {llm.name}.", hint="Train one with `mmchat train-fusion`.")

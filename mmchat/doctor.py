@@ -15,7 +15,8 @@ from mmchat import __version__, cache, download, paths, probe, registry
 from mmchat.errors import MMChatError
 
 LIBRARIES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "Pillow", "soundfile",
-             "PySide6-Essentials", "sounddevice", "piper-tts", "onnxruntime", "rapidocr", "efficientnet-lite-pytorch")
+             "PySide6-Essentials", "sounddevice", "piper-tts", "onnxruntime", "rapidocr", "efficientnet-lite-pytorch",
+             "llama-cpp-python")
 
 
 def _version(distribution: str) -> str | None:
@@ -30,7 +31,9 @@ def model_state(spec: registry.ModelSpec) -> str:
     if spec.bundled:
         if not spec.is_installed():
             return "missing (reinstall)"
-        if spec.source_format in ("gguf", "ctranslate2", "torch-state-dict"):
+        if spec.source_format == "gguf" and spec.role is registry.Role.LLM:
+            return _gguf_state(spec)
+        if spec.source_format in ("ctranslate2", "torch-state-dict"):
             converted = any(_manifest_source(d) == spec.sha256 for d in cache.cached_conversions(spec.name))
             return "bundled, converted" if converted else "bundled, converts on first use"
         return "bundled"
@@ -38,6 +41,33 @@ def model_state(spec: registry.ModelSpec) -> str:
     if spec.role is registry.Role.IMAGE and not fetched:
         return "untrained (random init)"
     return "fetched" if fetched else "not fetched"
+
+
+def _gguf_state(spec: registry.ModelSpec) -> str:
+    """How llama.cpp gets the GGUF (the package's file, or the parts joined once), and whether the
+    torch copy that fusion training uses was made."""
+    if len(spec.parts) == 1:
+        state = "bundled, runs as shipped"
+    else:
+        joined = (paths.models_dir() / spec.name / "gguf").glob("*/" + cache.MANIFEST)
+        state = "bundled, joined" if any(_manifest_source(m.parent) == spec.sha256 for m in joined) \
+            else "bundled, joins on first use"
+    if any(_manifest_source(d) == spec.sha256 for d in cache.cached_conversions(spec.name)):
+        state += "; torch copy for training made"
+    return state
+
+
+def chat_runtime() -> dict:
+    """What runs chat with the default LLM: the runtime, and llama.cpp's threads."""
+    from mmchat.engine import default_threads, llm_runtime
+
+    name = registry.default(registry.Role.LLM).name
+    try:
+        runtime = llm_runtime(name)
+    except MMChatError as exc:
+        runtime = f"invalid ({exc})"
+    return {"llm": name, "runtime": runtime, "threads": default_threads(),
+            "llama_cpp": _version("llama-cpp-python")}
 
 
 def _manifest_source(directory) -> str | None:
@@ -96,6 +126,7 @@ def report() -> dict:
                   "cache": str(paths.cache_dir()), "models": str(paths.models_dir()),
                   "assets": str(paths.assets_dir())},
         "models": model_rows(),
+        "chat": chat_runtime(),
         "images": images(),
         "features": {
             "display": {"ok": screen.ok, "reason": screen.reason},
@@ -130,6 +161,11 @@ def format_report(data: dict) -> str:
     lines += ["", "Paths:"] + [f"  {k:9} {v}" for k, v in data["paths"].items()]
     lines += ["", "Models:"]
     lines += [f"  {m['name']:30} {m['role']:18} {m['state']}" for m in data["models"]]
+    chat = data["chat"]
+    lines += ["", "Chat:",
+              f"  {chat['llm']} on {chat['runtime']}"
+              + (f", {chat['threads']} threads (llama-cpp-python {chat['llama_cpp'] or 'NOT INSTALLED'})"
+                 if chat["runtime"] == "llama.cpp" else "")]
     image = data["images"]
     lines += ["", "Images:",
               f"  encoder     {image['encoder']} ({'pretrained' if image['pretrained'] else 'untrained: seeded random init'}, "

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mmchat import registry
+from mmchat import probe, registry
 from mmchat.errors import MMChatError
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,40 @@ class _Slot:
         return self._value is not None
 
 
-def _load_llm(name: str, progress):
+RUNTIME_ENV = "MMCHAT_LLM_RUNTIME"  # "llama.cpp" (the default) or "torch"
+RUNTIMES = ("llama.cpp", "torch")
+THREADS_ENV = "MMCHAT_LLM_THREADS"
+
+
+def default_threads() -> int:
+    """llama.cpp's threads when none are chosen: ``$MMCHAT_LLM_THREADS`` if set, else the physical cores."""
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return probe.physical_cores()
+
+
+def llm_runtime(name: str) -> str:
+    """The runtime that runs registry LLM ``name`` for chat: llama.cpp for GGUF models, torch for
+    Hugging Face ones (downloaded from the hub) or when ``$MMCHAT_LLM_RUNTIME`` says so."""
+    chosen = os.environ.get(RUNTIME_ENV, "").strip() or RUNTIMES[0]
+    if chosen not in RUNTIMES:
+        raise MMChatError(f"Unknown LLM runtime {chosen!r} in ${RUNTIME_ENV}.", hint="Use one of: " + ", ".join(RUNTIMES))
+    spec = registry.get(name)
+    return chosen if spec.source_format == "gguf" and spec.bundled else "torch"
+
+
+def _llm_loader(threads: int | None):
+    def load(name: str, progress):
+        if llm_runtime(name) == "llama.cpp":
+            from mmchat.llm.llamacpp import LlamaCppLLM
+
+            return LlamaCppLLM.load(name, threads=threads or default_threads(), progress=progress)
+        return _load_torch_llm(name, progress)
+    return load
+
+
+def _load_torch_llm(name: str, progress):
     from mmchat.llm import LLM
 
     return LLM.load(name, progress=progress)
@@ -141,7 +175,8 @@ class Engine:
     loaded on first use."""
 
     def __init__(self, *, llm: str | None = None, asr: str | None = None, image: str | None = None,
-                 ocr: str | None = None, faces: str | None = None, on_status: StatusCallback | None = None) -> None:
+                 ocr: str | None = None, faces: str | None = None, on_status: StatusCallback | None = None,
+                 llm_threads: int | None = None) -> None:
         self._callbacks: list[StatusCallback] = [on_status] if on_status else []
         llm = llm or registry.default(registry.Role.LLM).name
         asr = asr or registry.default(registry.Role.ASR).name
@@ -154,12 +189,16 @@ class Engine:
                 raise MMChatError(f"{name} is not a {role.value} model.")
         sweep = _Sweep()
         self._slots = {
-            "llm": _Slot("llm", llm, _load_llm, self._notify, sweep),
+            "llm": _Slot("llm", llm, _llm_loader(llm_threads), self._notify, sweep),
             "asr": _Slot("asr", asr, _load_whisper, self._notify, sweep),
             "image": _Slot("image", image, _load_image_encoder, self._notify, sweep),
             "ocr": _Slot("ocr", ocr, _load_text_reader, self._notify, sweep),
             "faces": _Slot("faces", faces, _load_face_finder, self._notify, sweep),
         }
+        # The chat LLM as torch runs it, for fusion training (gradients): loaded only for that, and
+        # not one of the slots the app loads and shows.
+        self._trainer = _Slot("llm", llm, _load_torch_llm, self._notify, sweep)
+        self._llm_threads = llm_threads
 
     def with_models(self, **names: str) -> Engine:
         """An engine with other models in the named slots (``image="clip-vit-b-32"``) that shares this
@@ -167,11 +206,14 @@ class Engine:
         unknown = set(names) - set(self._slots)
         if unknown:
             raise ValueError(f"no slot {', '.join(sorted(unknown))}; slots: {', '.join(self._slots)}")
-        other = Engine(**{role: names.get(role, slot.model) for role, slot in self._slots.items()})
+        other = Engine(**{role: names.get(role, slot.model) for role, slot in self._slots.items()},
+                       llm_threads=self._llm_threads)
         other._callbacks = list(self._callbacks)  # the shared slots still report through this engine
         for role, slot in self._slots.items():
             if role not in names:
                 other._slots[role] = slot
+        if "llm" not in names:
+            other._trainer = self._trainer
         return other
 
     def add_status_callback(self, callback: StatusCallback) -> None:
@@ -189,8 +231,16 @@ class Engine:
 
     @property
     def llm(self):
-        """The chat model (:class:`mmchat.llm.LLM`), loaded on first access."""
+        """The chat model (:class:`mmchat.llm.llamacpp.LlamaCppLLM`, or :class:`mmchat.llm.LLM` where
+        torch runs chat), loaded on first access."""
         return self._slots["llm"].get()
+
+    @property
+    def training_llm(self):
+        """The LLM as torch runs it (:class:`mmchat.llm.LLM`), for training fusion through it: the
+        chat model when torch runs chat, else a torch copy loaded on first access."""
+        chat = self._slots["llm"]
+        return chat.get() if llm_runtime(chat.model) == "torch" else self._trainer.get()
 
     @property
     def whisper(self):

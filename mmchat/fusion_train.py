@@ -713,7 +713,7 @@ def _data_root(config: DataConfig) -> Path:
 def _checkpoint(engine, directory: Path, *, image: bool) -> fusion_mod.Fusion:
     """The checkpoint in ``directory``, checked against the loaded LLM and speech encoder, and with
     ``image`` the image encoder too."""
-    llm = engine.llm
+    llm = engine.training_llm
     return fusion_mod.load(directory, llm=llm.name, hidden_size=llm.hidden_size,
                            image_fingerprint=engine.image_encoder.fingerprint if image else None,
                            audio_fingerprint=engine.whisper.fingerprint, embed=llm.embed)
@@ -746,7 +746,7 @@ def train_fusion(engine, *, train_dir: Path, heldout_dir: Path | None, out: Path
     donor = _checkpoint(engine, audio_from, image=False) if audio_from is not None else None
     base = _checkpoint(engine, start_from, image=True) if start_from is not None else None
     require_modalities(samples)
-    llm = engine.llm
+    llm = engine.training_llm
     encoders = _encoders_for(engine, samples)
     data_hash = dataset_hash(train_dir)
     started = time.monotonic()

@@ -10,6 +10,24 @@ import sys
 from dataclasses import dataclass
 
 
+def physical_cores() -> int:
+    """Cores this process may run on, hyper-threads counted once (llama.cpp gains nothing from a
+    core's second thread and loses when both fight over its caches)."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:  # macOS, Windows
+        allowed = set(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in allowed:
+        topology = f"/sys/devices/system/cpu/cpu{cpu}/topology"
+        try:
+            with open(f"{topology}/physical_package_id") as package, open(f"{topology}/core_id") as core:
+                cores.add((package.read().strip(), core.read().strip()))
+        except OSError:
+            cores.add(("cpu", str(cpu)))  # no topology: count it as a core of its own
+    return max(1, len(cores))
+
+
 @dataclass(frozen=True)
 class Probe:
     ok: bool

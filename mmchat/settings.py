@@ -36,6 +36,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "repetition_penalty": (0.5, 2.0),
     "seed": (0, 2**32 - 1),
     "max_recording_s": (1, MAX_RECORDING_S),
+    "llm_threads": (0, 256),
 }
 
 
@@ -52,6 +53,7 @@ class Settings:
     top_k: int = 40
     repetition_penalty: float = 1.1
     seed: int | None = None  # None: a new random seed per reply
+    llm_threads: int = 0  # CPU threads llama.cpp runs the LLM on (0 = one per physical core)
     # Fusion per modality: media reach the LLM as embedded tokens (on) or as words (off).
     fusion_image: bool = True
     fusion_audio: bool = True

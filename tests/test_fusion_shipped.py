@@ -37,7 +37,7 @@ def image_engine(engine, request):
 
 @pytest.fixture(scope="module")
 def shipped(image_engine):
-    llm, name = image_engine.llm, image_engine.model_name("image")
+    llm, name = image_engine.training_llm, image_engine.model_name("image")
     directory = paths.assets_dir() / "fusion" / llm.name / name
     assert find_checkpoint(llm.name, name) == directory, "the shipped checkpoint is what chat uses"
     return fusion.load(directory, llm=llm.name, hidden_size=llm.hidden_size,
@@ -58,14 +58,14 @@ def heldout(image_engine, tmp_path_factory):
 
 def test_real_image_features_beat_shuffled_and_none(engine, shipped, heldout):
     samples, features = heldout
-    loss = losses(engine.llm, shipped, features, build_examples(samples), system_prompt="You are mmchat.")["image"]
+    loss = losses(engine.training_llm, shipped, features, build_examples(samples), system_prompt="You are mmchat.")["image"]
     assert loss["real"] < loss["shuffled"] - 0.05 and loss["real"] < loss["none"], loss
 
 
 def test_colour_and_shape_answers_beat_no_image_and_chance(engine, image_engine, shipped, heldout):
     samples, features = heldout
     examples = [e for e in build_examples(samples) if e.kind in ("colour", "shape")]
-    result = accuracy(engine.llm, shipped, features, examples, system_prompt="You are mmchat.",
+    result = accuracy(engine.training_llm, shipped, features, examples, system_prompt="You are mmchat.",
                       limit_per_kind=30)["image"]
     # CLIP's seeded random init, on these 30 questions each: colour 90 %, shape 83 % (the session-11
     # checkpoint: 70 % and 77 %); on 50 other seed-7 questions each, 90 % and 86 %. The issue aimed at 80 %.
@@ -109,7 +109,7 @@ def test_cli_chat_once_answers_colour_and_shape_of_drawings_it_never_saw(tmp_pat
 def test_spoken_requests_are_answered_through_audio_tokens_alone(engine, tmp_path_factory):
     """The transcript withheld: the audio group is all the LLM gets of the request (the audio branch
     both checkpoints share), and its answer loss beats shuffled clips and none."""
-    llm = engine.llm
+    llm = engine.training_llm
     directory = find_checkpoint(llm.name, engine.model_name("image"))
     shipped = fusion.load(directory, llm=llm.name, hidden_size=llm.hidden_size,
                           audio_fingerprint=engine.whisper.fingerprint, embed=llm.embed)
@@ -143,7 +143,7 @@ def test_train_fusion_end_to_end_with_the_shipped_recipe(engine, tmp_path):
                           system_prompt=SYSTEM_PROMPT, resume=False, progress=lambda done, total: seen.append((done, total)))
     assert seen == [(i, 9) for i in range(1, 10)]
     assert report["train"]["steps"] == 3 and all(math.isfinite(x) for x in report["train"]["last_loss"])
-    llm = engine.llm
+    llm = engine.training_llm
     trained = fusion.load(tmp_path / "out", llm=llm.name, hidden_size=llm.hidden_size, embed=llm.embed)
     spoken = [s for s in validate_dataset(data) if s.modality == "audio"]
     assert trained.config.audio_vocab == len(trained.audio_vocab_ids) > 2048  # transcripts' tokens + negatives

@@ -750,7 +750,8 @@ class MainWindow(QMainWindow):
                 self.banner.show_text(str(exc))
         if new.theme != old.theme and self.theme_manager is not None:
             self.theme_manager.apply(new.theme)
-        if (new.llm, new.asr, new.image_encoder) != (old.llm, old.asr, old.image_encoder):
+        if (new.llm, new.asr, new.image_encoder, new.llm_threads) != (old.llm, old.asr, old.image_encoder,
+                                                                     old.llm_threads):
             self._set_engine(self.services.make_engine(new))
             if self.services.load_models:
                 self.load_models()

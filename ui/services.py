@@ -42,7 +42,8 @@ class Services:
 def _engine(settings: Settings):
     from mmchat.engine import Engine
 
-    return Engine(llm=settings.llm or None, asr=settings.asr or None, image=settings.image_encoder or None)
+    return Engine(llm=settings.llm or None, asr=settings.asr or None, image=settings.image_encoder or None,
+                  llm_threads=settings.llm_threads or None)
 
 
 def _recorder(settings: Settings):

@@ -167,6 +167,9 @@ class SettingsDialog(QDialog):
         form.addRow("Repetition penalty", self.repetition)
         form.addRow(self.fixed_seed)
         form.addRow("Seed", self.seed)
+        self.llm_threads = _spin(RANGES["llm_threads"], s.llm_threads)
+        self.llm_threads.setSpecialValueText("one per core")  # shown for 0
+        form.addRow("CPU threads for the language model", self.llm_threads)
         return page
 
     def _voice_tab(self, s: Settings) -> QWidget:
@@ -330,7 +333,7 @@ class SettingsDialog(QDialog):
             max_new_tokens=self.max_tokens.value(), temperature=round(self.temperature.value(), 3),
             top_p=round(self.top_p.value(), 3), top_k=self.top_k.value(),
             repetition_penalty=round(self.repetition.value(), 3),
-            seed=self.seed.value() if self.fixed_seed.isChecked() else None,
+            seed=self.seed.value() if self.fixed_seed.isChecked() else None, llm_threads=self.llm_threads.value(),
             input_device=self.device.currentData() or "", voice_send_at_once=self.send_at_once.isChecked(),
             max_recording_s=self.max_recording.value(), fusion_image=self.fusion_image.isChecked(),
             fusion_audio=self.fusion_audio.isChecked(), data_dir=self.data_dir.text().strip(),

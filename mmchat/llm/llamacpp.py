@@ -1,0 +1,373 @@
+"""The chat runtime on llama.cpp (llama-cpp-python): the GGUF as shipped, memory-mapped, quantised.
+
+Measured with bare llama-cpp-python on the 2-core test machine, default Qwen2.5-Coder-0.5B Q4_K_M:
+46 tokens/s where the torch runtime, on a de-quantised copy, does 23; 0.66 GB resident instead of
+1.74 GB; no one-time conversion. The torch runtime (:class:`mmchat.llm.LLM`) stays for fusion training, which
+needs gradients through the model.
+
+The decoding loop is :class:`~mmchat.llm.ChatModel`'s, shared with the torch runtime: the prompt
+goes to ``llama_decode`` in batches of token ids, and media rows (already in the embedding space)
+in batches of embeddings (``llama_batch_init(n, n_embd, 1)``), each at its own positions; the KV
+cache keeps the previous call's positions and is cut back to the prefix the new prompt shares.
+``llama_decode`` runs without the GIL (ctypes releases it), so the GUI thread keeps running.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import functools
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmchat import probe, registry
+from mmchat.cache import ConversionCache, Progress, join_parts
+from mmchat.errors import MMChatError
+from mmchat.llm import (MAX_CONTEXT_TOKENS, PREFILL_CHUNK_TOKENS, ChatModel, GenerationConfig, GenerationStats,
+                        _Prompt)
+
+log = logging.getLogger(__name__)
+
+JOINED_VERSION = 1  # the joined-GGUF cache's layout (a byte-for-byte join of the package parts)
+GGUF_NAME = "model.gguf"
+
+
+def gguf_path(spec: registry.ModelSpec, *, progress: Progress | None = None) -> Path:
+    """The registry model's GGUF file: the package's own file, or its parts joined once into the cache."""
+    if spec.source_format != "gguf" or not spec.bundled:
+        raise MMChatError(f"{spec.name} is not a GGUF model, which llama.cpp needs.",
+                          hint="Choose a GGUF model, or the torch runtime (MMCHAT_LLM_RUNTIME=torch).")
+    if len(spec.parts) == 1:
+        return spec.verified_parts(registry.Role.LLM)[0]
+    # Its own subfolder: the de-quantised torch copy's cache drops other versions beside it.
+    cache = ConversionCache(f"{spec.name}/gguf", spec.sha256 or "", JOINED_VERSION)
+    return cache.load_or_build(lambda out: join_parts(
+        spec.locate_parts(), out / GGUF_NAME, expected_sha256=spec.sha256, desc=f"joining {spec.name}",
+        progress=progress)) / GGUF_NAME
+
+
+class LlamaCppLLM(ChatModel):
+    """A GGUF chat model run by llama.cpp. Use :meth:`load`. One generation runs at a time (they
+    share the KV cache); a second waits for the first to end."""
+
+    def __init__(self, *, name: str, llama, path: Path, threads: int) -> None:
+        import llama_cpp
+
+        self._lib = llama_cpp
+        self.name = name
+        self.path = path
+        self.threads = threads
+        self._llama = llama  # owns the model and the context: they live as long as it does
+        self._ctx = llama.ctx
+        self._vocab = llama_cpp.llama_model_get_vocab(llama.model)
+        self.hidden_size: int = llama_cpp.llama_model_n_embd(llama.model)
+        self.n_vocab: int = llama.n_vocab()
+        self.context_length: int = llama.n_ctx()
+        self.dtype = torch.float32  # what llama.cpp takes embeddings in
+        self.last_stats: GenerationStats | None = None
+        special = {key: llama.detokenize([token], special=True).decode("utf-8", "replace")
+                   for key, token in (("bos_token", llama.token_bos()), ("eos_token", llama.token_eos()))
+                   if token >= 0}
+        self._template = _ChatTemplate(llama.metadata, name=name, special=special)
+        self._lock = threading.Lock()
+        self._keys: list = []  # what the KV cache holds, position by position (as _Prompt.keys)
+        self._token_batch = _Batch(llama_cpp, PREFILL_CHUNK_TOKENS, 0)
+        self._embed_batch = _Batch(llama_cpp, PREFILL_CHUNK_TOKENS, self.hidden_size)
+
+    @classmethod
+    def load(cls, name: str | None = None, *, threads: int | None = None,
+             progress: Progress | None = None) -> LlamaCppLLM:
+        """Load a registry GGUF model (default: the registry's default LLM)."""
+        spec = registry.get(name) if name else registry.default(registry.Role.LLM)
+        if spec.role is not registry.Role.LLM:
+            raise MMChatError(f"{spec.name} is not a language model.")
+        return cls.from_file(gguf_path(spec, progress=progress), name=spec.name, threads=threads)
+
+    @classmethod
+    def from_file(cls, path: Path, *, name: str | None = None, threads: int | None = None) -> LlamaCppLLM:
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            raise MMChatError(f"The llama.cpp runtime does not import ({exc}).",
+                              hint="Run the README's setup command again (it builds llama-cpp-python).") from None
+        threads = threads or probe.physical_cores()
+        started = time.perf_counter()
+        try:
+            llama = Llama(model_path=str(path), n_ctx=MAX_CONTEXT_TOKENS, n_batch=PREFILL_CHUNK_TOKENS,
+                          n_ubatch=PREFILL_CHUNK_TOKENS, n_threads=threads, n_threads_batch=threads,
+                          use_mmap=True, verbose=False)
+        except (ValueError, RuntimeError, OSError) as exc:  # llama-cpp-python's "Failed to load model"
+            raise MMChatError(f"llama.cpp could not load {path} ({exc}).",
+                              hint="Reinstall the model packages: the README's setup command does this.") from None
+        log.info("loaded %s on llama.cpp (%d threads) in %.1f s", path, threads, time.perf_counter() - started)
+        return cls(name=name or path.stem, llama=llama, path=path, threads=threads)
+
+    # ----------------------------------------------------------------- tokens and embeddings
+    def _ids(self, text: str) -> list[int]:
+        return self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True) if text else []
+
+    def _render(self, chat: list[dict]) -> str:
+        return self._template.render(chat)
+
+    @functools.cached_property
+    def _embedding(self) -> _TokenEmbedding:
+        return _TokenEmbedding(self.path)
+
+    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of ``token_ids`` (any shape) -> ``(*shape, hidden_size)``: the GGUF's rows,
+        de-quantised as llama.cpp does it for its first layer."""
+        return self._embedding.rows(token_ids)
+
+    @functools.cached_property
+    def stop_ids(self) -> frozenset[int]:
+        """Every end-of-generation token (a scan of the vocabulary: 0.1 s, done on first use)."""
+        return frozenset(t for t in range(self.n_vocab) if self._lib.llama_vocab_is_eog(self._vocab, t))
+
+    def _is_stop(self, token: int) -> bool:
+        return bool(self._lib.llama_vocab_is_eog(self._vocab, token))
+
+    def _detokenizer(self) -> _Detokenizer:
+        return _Detokenizer(self._lib, self._vocab)
+
+    def reset_cache(self) -> None:
+        """Forget the KV cache (the next call prefills its whole prompt)."""
+        with self._lock:
+            self._clear()
+
+    def _clear(self) -> None:
+        self._lib.llama_memory_clear(self._lib.llama_get_memory(self._ctx), True)
+        self._keys = []
+
+    # ----------------------------------------------------------------- generation
+    def _run(self, prompt: _Prompt, *, config: GenerationConfig, stop: threading.Event | None) -> Iterator[str]:
+        with self._lock:
+            reused = self._reuse(prompt.keys)
+            state = {"generated": 0, "reason": "stopped"}
+            started = time.perf_counter()
+            prefill_s = 0.0
+            try:
+                logits = self._prefill(prompt, stop=stop)
+                prefill_s = time.perf_counter() - started
+                if logits is not None:
+                    yield from self._decode(None, self._keys, logits, prompt=prompt, config=config, stop=stop,
+                                            state=state)
+            except BaseException as exc:
+                if not isinstance(exc, GeneratorExit):  # failed mid-decode: trust nothing in the cache
+                    self._clear()
+                raise
+            finally:
+                total = time.perf_counter() - started
+                self.last_stats = GenerationStats(
+                    prompt_tokens=len(prompt.keys), reused_tokens=reused, generated_tokens=state["generated"],
+                    dropped_messages=prompt.dropped_messages, prefill_seconds=prefill_s,
+                    decode_seconds=max(total - prefill_s, 0.0), stop_reason=state["reason"])
+
+    def _reuse(self, keys: list) -> int:
+        """Cut the KV cache back to the prefix it shares with ``keys`` (leaving at least one position
+        to run, whose logits start the reply); the positions kept."""
+        common, limit = 0, min(len(self._keys), len(keys) - 1)
+        while common < limit and self._keys[common] == keys[common]:
+            common += 1
+        if common < len(self._keys):
+            memory = self._lib.llama_get_memory(self._ctx)
+            if not self._lib.llama_memory_seq_rm(memory, 0, common, -1):
+                self._clear()
+                return 0
+            del self._keys[common:]
+        return common
+
+    def _prefill(self, prompt: _Prompt, *, stop: threading.Event | None) -> torch.Tensor | None:
+        """Run the prompt positions not yet in the cache; the last one's logits, or None if stopped."""
+        start, position = len(self._keys), 0
+        for piece in prompt.pieces:
+            end = position + len(piece)
+            for begin in range(max(start, position), end, PREFILL_CHUNK_TOKENS):
+                if stop is not None and stop.is_set():
+                    return None
+                chunk = piece[begin - position:min(begin - position + PREFILL_CHUNK_TOKENS, len(piece))]
+                self._run_batch(chunk, first=begin, logits=begin + len(chunk) == len(prompt.keys))
+                self._keys.extend(prompt.keys[begin:begin + len(chunk)])
+            position = end
+        return self._logits()
+
+    def _forward_token(self, cache, token: int) -> torch.Tensor:
+        del cache  # the context's own
+        self._run_batch(torch.tensor([token]), first=len(self._keys), logits=True)
+        return self._logits()
+
+    def _run_batch(self, chunk: torch.Tensor, *, first: int, logits: bool) -> None:
+        batch = self._token_batch if chunk.ndim == 1 else self._embed_batch
+        batch.fill(chunk.numpy(), first=first, logits=logits)
+        status = self._lib.llama_decode(self._ctx, batch.batch)
+        if status != 0:  # 1: no room in the KV cache; <0: an error
+            raise MMChatError(f"llama.cpp could not run the prompt (llama_decode returned {status}).",
+                              hint="Start a new chat; if it happens again, report it with the log.")
+
+    def _logits(self) -> torch.Tensor:
+        pointer = self._lib.llama_get_logits_ith(self._ctx, -1)
+        return torch.from_numpy(np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy())
+
+
+class _Batch:
+    """One reusable ``llama_batch`` for sequence 0: token ids (``width`` 0) or embedding rows."""
+
+    def __init__(self, lib, capacity: int, width: int) -> None:
+        self.batch = lib.llama_batch_init(capacity, width, 1)
+        self.capacity, self.width = capacity, width
+        self._free = functools.partial(lib.llama_batch_free, self.batch)
+        self.pos = np.ctypeslib.as_array(self.batch.pos, shape=(capacity,))
+        self.logits = np.ctypeslib.as_array(ctypes.cast(self.batch.logits, ctypes.POINTER(ctypes.c_int8)),
+                                            shape=(capacity,))
+        np.ctypeslib.as_array(self.batch.n_seq_id, shape=(capacity,))[:] = 1
+        for i in range(capacity):
+            self.batch.seq_id[i][0] = 0
+        if width:
+            self.values = np.ctypeslib.as_array(self.batch.embd, shape=(capacity, width))
+        else:
+            self.values = np.ctypeslib.as_array(self.batch.token, shape=(capacity,))
+
+    def fill(self, values: np.ndarray, *, first: int, logits: bool) -> None:
+        n = len(values)
+        self.values[:n] = values
+        self.pos[:n] = np.arange(first, first + n)
+        self.logits[:n] = 0
+        self.logits[n - 1] = logits
+        self.batch.n_tokens = n
+
+    def __del__(self) -> None:
+        self._free()
+
+
+class _Detokenizer:
+    """Token pieces as bytes, decoded incrementally: a character split over tokens comes out whole."""
+
+    def __init__(self, lib, vocab) -> None:
+        self._lib, self._vocab = lib, vocab
+        self._text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._buffer = ctypes.create_string_buffer(256)
+
+    def push(self, token: int) -> str:
+        n = self._lib.llama_token_to_piece(self._vocab, token, self._buffer, len(self._buffer), 0, False)
+        if n < 0:  # longer than the buffer: -n bytes
+            self._buffer = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(self._vocab, token, self._buffer, len(self._buffer), 0, False)
+        return self._text.decode(self._buffer.raw[:n])
+
+    def flush(self) -> str:
+        return self._text.decode(b"", final=True).rstrip("\ufffd")
+
+
+class _ChatTemplate:
+    """The GGUF's chat template (``tokenizer.chat_template``), rendered as transformers renders it:
+    sandboxed Jinja, blocks trimmed, the tokenizer's special tokens as variables."""
+
+    def __init__(self, metadata: dict, *, name: str, special: dict[str, str]) -> None:
+        import json
+
+        from jinja2.ext import loopcontrols  # jinja2 comes with llama-cpp-python
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        source = metadata.get("tokenizer.chat_template")
+        if not source:
+            raise MMChatError(f"{name} has no chat template in its GGUF file.")
+
+        def raise_exception(message):
+            raise MMChatError(f"The chat template of {name} refused the chat: {message}")
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+        env.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False, indent=indent)
+        env.globals.update(raise_exception=raise_exception,
+                           strftime_now=lambda fmt: time.strftime(fmt))
+        self._template = env.from_string(source)
+        self._tokens = special
+
+    def render(self, chat: list[dict]) -> str:
+        return self._template.render(messages=chat, add_generation_prompt=True, tools=None, documents=None,
+                                     **self._tokens)
+
+
+class _TokenEmbedding:
+    """Rows of the GGUF's token embedding table, de-quantised on demand as llama.cpp does for its
+    first layer (the whole table would be 545 MB as float32 for Qwen's 151 936 tokens)."""
+
+    def __init__(self, path: Path) -> None:
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        _, shape, kind, offset = _find_tensor(path, "token_embd.weight")
+        self._type = GGMLQuantizationType(kind)
+        block, block_bytes = GGML_QUANT_SIZES[self._type]
+        width, n_rows = shape[0], shape[1]  # GGUF lists dimensions innermost first
+        self._table = np.memmap(path, dtype=np.uint8, mode="r", offset=offset,
+                                shape=(n_rows, width // block * block_bytes))
+
+    def rows(self, token_ids: torch.Tensor) -> torch.Tensor:
+        from gguf.quants import dequantize
+
+        ids = token_ids.to(torch.long).reshape(-1).numpy()
+        rows = dequantize(np.asarray(self._table[ids]), self._type).reshape(len(ids), -1)
+        return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)).reshape(*token_ids.shape, -1)
+
+
+# GGUF value types by number: struct format of the fixed-size ones (8 is a string, 9 an array).
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
+def _find_tensor(path: Path, wanted: str) -> tuple[str, tuple[int, ...], int, int]:
+    """(name, shape, GGML type, absolute byte offset) of one tensor in a GGUF file (v2/v3, little
+    endian), read from its header. gguf's own GGUFReader builds every metadata array as numpy
+    views first: 9.5 s for Qwen's vocabulary, where skipping it takes a fraction of a second."""
+    import mmap
+    import struct
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        if data[:4] != b"GGUF":
+            raise MMChatError(f"{path} is not a GGUF file.")
+        version, n_tensors, n_kv = struct.unpack_from("<IQQ", data, 4)
+        at = 24
+        alignment = 32
+
+        def string(at: int) -> tuple[str, int]:
+            (n,) = struct.unpack_from("<Q", data, at)
+            return data[at + 8:at + 8 + n].decode("utf-8", "replace"), at + 8 + n
+
+        def skip(kind: int, at: int) -> int:
+            if kind in _GGUF_SCALARS:
+                return at + struct.calcsize(_GGUF_SCALARS[kind])
+            if kind == 8:
+                (n,) = struct.unpack_from("<Q", data, at)
+                return at + 8 + n
+            if kind == 9:
+                item, count = struct.unpack_from("<IQ", data, at)
+                at += 12
+                if item in _GGUF_SCALARS:
+                    return at + count * struct.calcsize(_GGUF_SCALARS[item])
+                for _ in range(count):
+                    at = skip(item, at)
+                return at
+            raise MMChatError(f"{path}: unknown GGUF value type {kind} (version {version}).")
+
+        for _ in range(n_kv):
+            key, at = string(at)
+            (kind,) = struct.unpack_from("<I", data, at)
+            if key == "general.alignment" and kind == 4:
+                (alignment,) = struct.unpack_from("<I", data, at + 4)
+            at = skip(kind, at + 4)
+        found = None
+        for _ in range(n_tensors):
+            name, at = string(at)
+            (n_dims,) = struct.unpack_from("<I", data, at)
+            shape = struct.unpack_from(f"<{n_dims}Q", data, at + 4)
+            kind, offset = struct.unpack_from("<IQ", data, at + 4 + 8 * n_dims)
+            at += 4 + 8 * n_dims + 12
+            if name == wanted:
+                found = (name, tuple(shape), kind, offset)
+        if found is None:
+            raise MMChatError(f"{path} has no tensor {wanted}.")
+        start = (at + alignment - 1) // alignment * alignment  # tensor data begins aligned after the header
+        return found[0], found[1], found[2], start + found[3]

@@ -1,0 +1,148 @@
+"""The chat runtime on llama.cpp, with the real bundled GGUF (offline): the fused-token path is exact,
+the KV cache keeps the shared prefix and stays consistent after Stop, text comes out whole."""
+
+import os
+import threading
+
+import pytest
+import torch
+
+from mmchat.engine import RUNTIME_ENV, THREADS_ENV, default_threads, llm_runtime
+from mmchat.errors import MMChatError
+from mmchat.llm import MEDIA_PLACEHOLDER, GenerationConfig
+from mmchat.llm.llamacpp import LlamaCppLLM
+from mmchat.probe import physical_cores
+
+GREEDY = GenerationConfig(temperature=0, max_new_tokens=24)
+FRANCE = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+
+
+@pytest.fixture(scope="module")
+def llm():
+    return LlamaCppLLM.load()
+
+
+def test_the_bundled_gguf_runs_as_shipped(llm):
+    assert llm.name == "qwen2.5-coder-0.5b-instruct" and llm.path.suffix == ".gguf"
+    assert llm.hidden_size == 896 and llm.dtype == torch.float32
+    reply = llm.generate(FRANCE, config=GREEDY)
+    assert "paris" in reply.lower(), reply
+    stats = llm.last_stats
+    assert stats.stop_reason == "eos" and 0 < stats.generated_tokens < 24
+    assert stats.prompt_tokens == len(llm._build_prompt(FRANCE, [], max_prompt_tokens=4096).keys)
+
+
+def test_the_prompt_is_rendered_and_tokenised_as_transformers_does(llm, tmp_path):
+    """The GGUF's chat template through our Jinja set-up and llama.cpp's tokenizer give the same ids
+    as transformers' tokenizer for the same file: a system prompt, turns, special tokens, Unicode."""
+    from transformers import AutoTokenizer
+
+    (tmp_path / "model.gguf").symlink_to(llm.path)
+    reference = AutoTokenizer.from_pretrained(tmp_path, gguf_file="model.gguf")
+    chat = [{"role": "system", "content": "You are mmchat. The user's name is Zoë."},
+            {"role": "user", "content": "Hi! 日本語で？ Use `code` <b>tags</b>."},
+            {"role": "assistant", "content": "Sure.\n\n```python\nprint('☕')\n```"},
+            {"role": "user", "content": "And   spaces\ttabs?"}]
+    text = reference.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert llm._render(chat) == text
+    assert llm._ids(text) == reference(text, add_special_tokens=False)["input_ids"]
+
+
+def test_token_embeddings_fed_as_rows_give_the_same_reply_as_the_tokens(llm):
+    """The fused-token path: the question's own token embeddings, entered as media rows at its
+    place in the prompt, must be answered exactly as the tokens are."""
+    question = FRANCE[0]["content"]
+    by_tokens = llm.generate(FRANCE, config=GREEDY)
+    rows = llm.embed(llm.encode(question))
+    assert rows.shape == (llm.count_tokens(question), 896)
+    llm.reset_cache()
+    by_rows = llm.generate([{"role": "user", "content": MEDIA_PLACEHOLDER}], config=GREEDY, media=[rows])
+    assert by_rows == by_tokens and "paris" in by_rows.lower()
+
+
+def test_embedding_rows_are_the_torch_copys_within_its_rounding(llm):
+    """Fusion checkpoints are trained against the torch copy (bf16 rows of the same de-quantised table)."""
+    from mmchat.engine import Engine
+
+    torch_llm = Engine().training_llm
+    ids = torch.tensor([0, 9707, 151643, 151644, 151645, 42, 77091])
+    ours, theirs = llm.embed(ids), torch_llm.embed(ids).float()
+    assert ours.shape == theirs.shape == (7, 896)
+    assert (ours - theirs).abs().max() < 5e-4  # bf16 keeps 8 bits: |x| < 0.1 rounds by < 4e-4
+
+
+def test_the_next_turn_reuses_the_shared_prefix_and_answers_as_a_fresh_cache(llm):
+    first = llm.generate(FRANCE, config=GREEDY)
+    turn = FRANCE + [{"role": "assistant", "content": first},
+                     {"role": "user", "content": "And of Italy? Answer in one word."}]
+    again = llm.generate(turn, config=GREEDY)
+    reused = llm.last_stats.reused_tokens
+    assert reused >= llm.last_stats.prompt_tokens - 20, llm.last_stats
+    llm.reset_cache()
+    fresh = llm.generate(turn, config=GREEDY)
+    assert llm.last_stats.reused_tokens == 0
+    assert again == fresh and "rome" in fresh.lower()
+
+
+def test_stop_mid_reply_leaves_a_cache_the_next_reply_can_use(llm):
+    stop = threading.Event()
+    story = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
+    chunks = []
+    for chunk in llm.stream(story, config=GenerationConfig(temperature=0, max_new_tokens=200), stop=stop):
+        chunks.append(chunk)
+        if len(chunks) == 10:
+            stop.set()
+    assert llm.last_stats.stop_reason == "stopped" and len(chunks) <= 11
+    after_stop = llm.generate(FRANCE, config=GREEDY)
+    llm.reset_cache()
+    assert after_stop == llm.generate(FRANCE, config=GREEDY)
+
+
+def test_a_stream_abandoned_midway_frees_the_runtime_for_the_next(llm):
+    stream = llm.stream([{"role": "user", "content": "Count from 1 to 50."}], config=GREEDY)
+    next(stream)
+    del stream  # closed by the garbage collector: its lock and cache are given back
+    assert "paris" in llm.generate(FRANCE, config=GREEDY).lower()
+
+
+def test_text_split_across_tokens_comes_out_whole(llm):
+    text = "café ☕ 日本語 🦙 naïve — done"
+    detok = llm._detokenizer()
+    pieces = [detok.push(token) for token in llm._ids(text)] + [detok.flush()]
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in piece for piece in pieces)
+
+
+def test_media_rows_must_match_the_placeholders_and_the_width(llm):
+    with pytest.raises(ValueError, match="placeholders"):
+        llm.generate(FRANCE, config=GREEDY, media=[torch.zeros(2, 896)])
+    with pytest.raises(ValueError, match="896"):
+        llm.generate([{"role": "user", "content": MEDIA_PLACEHOLDER}], config=GREEDY, media=[torch.zeros(2, 5)])
+
+
+def test_threads_default_to_the_physical_cores_and_can_be_set(monkeypatch):
+    assert 1 <= physical_cores() <= os.cpu_count()
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    assert default_threads() == physical_cores()
+    monkeypatch.setenv(THREADS_ENV, "1")
+    assert default_threads() == 1
+    monkeypatch.setenv(THREADS_ENV, "lots")
+    assert default_threads() == physical_cores()
+
+
+def test_gguf_models_run_on_llama_cpp_unless_torch_is_asked_for(monkeypatch):
+    monkeypatch.delenv(RUNTIME_ENV, raising=False)
+    assert llm_runtime("qwen2.5-coder-0.5b-instruct") == "llama.cpp"
+    assert llm_runtime("qwen2.5-0.5b-instruct") == "torch"  # a Hugging Face download: no GGUF
+    monkeypatch.setenv(RUNTIME_ENV, "torch")
+    assert llm_runtime("qwen2.5-coder-0.5b-instruct") == "torch"
+    monkeypatch.setenv(RUNTIME_ENV, "vllm")
+    with pytest.raises(MMChatError, match="Unknown LLM runtime"):
+        llm_runtime("qwen2.5-coder-0.5b-instruct")
+
+
+def test_a_damaged_gguf_is_refused_with_a_clear_message(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 4096)
+    with pytest.raises(MMChatError, match="could not load"):
+        LlamaCppLLM.from_file(bad)
