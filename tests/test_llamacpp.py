@@ -146,3 +146,19 @@ def test_a_damaged_gguf_is_refused_with_a_clear_message(tmp_path):
     bad.write_bytes(b"GGUF" + b"\0" * 4096)
     with pytest.raises(MMChatError, match="could not load"):
         LlamaCppLLM.from_file(bad)
+
+
+def test_the_threads_setting_reaches_llama_cpp(monkeypatch):
+    from mmchat import settings
+    from mmchat.engine import Engine
+    from mmchat_ui.services import _engine
+
+    assert settings.from_dict({"llm_threads": 3}).llm_threads == 3
+    assert settings.from_dict({"llm_threads": -1}).llm_threads == 0  # out of range: the default
+    loaded = []
+    monkeypatch.setattr(LlamaCppLLM, "load", classmethod(lambda cls, name, threads, progress: loaded.append(threads)))
+    monkeypatch.delenv(RUNTIME_ENV, raising=False)
+    _engine(settings.Settings(llm_threads=3)).llm
+    _engine(settings.Settings()).llm  # 0: one per physical core
+    Engine(llm_threads=1).with_models(image="clip-vit-b-32").llm
+    assert loaded == [3, default_threads(), 1]
