@@ -12,7 +12,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from benchmarks.common import RESULTS_JSON, RESULTS_MD, Size, machine, table_row, write_report  # noqa: E402
 
-SUITES = ("llm", "media", "voice", "memory", "startup", "gui")
+SUITES = ("llm", "llamacpp", "media", "voice", "memory", "startup", "gui")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     size = Size.make(quick=args.quick)
     meta = {**machine(), "date": time.strftime("%Y-%m-%d"), "quick": args.quick}
     engine = None
-    if {"llm", "media", "voice"} & set(args.only):
+    if {"llm", "llamacpp", "media", "voice"} & set(args.only):
         from mmchat.engine import Engine
 
         engine = Engine()

@@ -280,14 +280,17 @@ def _cmd_app(args) -> int:
 
 # -- chat ----------------------------------------------------------------------------------------
 def _session(args):
-    from mmchat.chat import ChatSession
     from mmchat.engine import Engine
-    from mmchat.llm import GenerationConfig
-    from mmchat.store import ConversationStore
 
     if args.threads is not None and args.threads < 1:
         raise MMChatError("--threads must be at least 1.")
     engine = Engine(llm=args.model, llm_threads=args.threads)
+    engine.open_llm_ahead()  # beside the imports below (torch: about a second)
+
+    from mmchat.chat import ChatSession
+    from mmchat.llm import GenerationConfig
+    from mmchat.store import ConversationStore
+
     memory = _memory_service()
     store = None if args.temporary else ConversationStore(profile_id=memory.profile_id)
     if store is not None and store.notice:

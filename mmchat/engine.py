@@ -125,7 +125,8 @@ def llm_runtime(name: str) -> str:
     Hugging Face ones (downloaded from the hub) or when ``$MMCHAT_LLM_RUNTIME`` says so."""
     chosen = os.environ.get(RUNTIME_ENV, "").strip() or RUNTIMES[0]
     if chosen not in RUNTIMES:
-        raise MMChatError(f"Unknown LLM runtime {chosen!r} in ${RUNTIME_ENV}.", hint="Use one of: " + ", ".join(RUNTIMES))
+        raise MMChatError(f"Unknown LLM runtime {chosen!r} in ${RUNTIME_ENV}.",
+                          hint="Use one of: " + ", ".join(RUNTIMES))
     spec = registry.get(name)
     return chosen if spec.source_format == "gguf" and spec.bundled else "torch"
 
@@ -141,7 +142,7 @@ def _llm_loader(threads: int | None):
 
 
 def _load_torch_llm(name: str, progress):
-    from mmchat.llm import LLM
+    from mmchat.llm.torch_runtime import LLM
 
     return LLM.load(name, progress=progress)
 
@@ -231,14 +232,24 @@ class Engine:
 
     @property
     def llm(self):
-        """The chat model (:class:`mmchat.llm.llamacpp.LlamaCppLLM`, or :class:`mmchat.llm.LLM` where
-        torch runs chat), loaded on first access."""
+        """The chat model (:class:`~mmchat.llm.llamacpp.LlamaCppLLM`, or
+        :class:`~mmchat.llm.torch_runtime.LLM` where torch runs chat), loaded on first access."""
         return self._slots["llm"].get()
+
+    def open_llm_ahead(self) -> None:
+        """Start opening the chat LLM in a background thread, for a caller about to spend a while
+        importing (``chat --once``): for llama.cpp, the file's sha256 check and the load run without
+        the GIL, beside the imports; the first access to :attr:`llm` then takes what was opened."""
+        slot = self._slots["llm"]
+        if not slot.loaded and llm_runtime(slot.model) == "llama.cpp":
+            from mmchat.llm import gguf
+
+            gguf.open_ahead(slot.model, threads=self._llm_threads or default_threads())
 
     @property
     def training_llm(self):
-        """The LLM as torch runs it (:class:`mmchat.llm.LLM`), for training fusion through it: the
-        chat model when torch runs chat, else a torch copy loaded on first access."""
+        """The LLM as torch runs it (:class:`~mmchat.llm.torch_runtime.LLM`), for training fusion
+        through it: the chat model when torch runs chat, else a torch copy loaded on first access."""
         chat = self._slots["llm"]
         return chat.get() if llm_runtime(chat.model) == "torch" else self._trainer.get()
 

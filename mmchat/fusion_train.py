@@ -39,7 +39,7 @@ from mmchat import fusion as fusion_mod
 from mmchat import paths
 from mmchat.context import MEDIA_PLACEHOLDER
 from mmchat.errors import MMChatError
-from mmchat.llm import cache_of, with_cache
+from mmchat.llm.torch_runtime import cache_of, with_cache
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ whole step is a single call into TorchScript's interpreter, which runs the same 
 the same order, so the logits stay bit-identical to transformers' forward (tests check Qwen2 and
 Llama/SmolLM2), in 38 ms.
 
-It covers the layout :class:`mmchat.llm._DecodeStep` knows (Qwen2, Llama: RMS norms, rotate-half
+It covers the layout :class:`mmchat.llm.torch_runtime._DecodeStep` knows (Qwen2, Llama: RMS norms, rotate-half
 rotary embedding, SiLU-gated MLP) once every linear layer is fp16 (:class:`~mmchat.quant.HalfLinear`,
 the default precision) and the cache appends in place (:class:`~mmchat.kvcache.GrowingLayer`).
 Anything else, such as float precision, gets ``None`` from :meth:`ScriptedStep.build` or from a

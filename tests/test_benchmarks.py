@@ -53,6 +53,18 @@ def test_llm_media_and_voice_benchmarks_run(engine):
     assert by_name["Transcribe 5 s clip (ours)"].detail["ours_text"]
 
 
+def test_llamacpp_benchmarks_run_ours_beside_bare_llama_cpp(engine):
+    from benchmarks import llamacpp
+
+    by_name = {r.name: r for r in llamacpp.run(QUICK, engine=engine)}
+    decode = by_name["llama.cpp decode: ours / bare llama-cpp-python"].detail
+    assert decode["ours_tokens_per_s"] > 0 and decode["bare_tokens_per_s"] > 0
+    once = by_name["chat --once cold, wall"].detail
+    assert "paris" in once["replies"]["ours"].lower() and "paris" in once["replies"]["bare"].lower()
+    first_token = by_name["llama.cpp TTFT: profile+memories+10 turns+image vs text-only"].detail
+    assert first_token["cached_tokens"] > 100 and first_token["context_tokens"] > first_token["cached_tokens"]
+
+
 @pytest.mark.slow
 def test_startup_benchmark_runs():
     from benchmarks import startup

@@ -162,3 +162,42 @@ def test_the_threads_setting_reaches_llama_cpp(monkeypatch):
     _engine(settings.Settings()).llm  # 0: one per physical core
     Engine(llm_threads=1).with_models(image="clip-vit-b-32").llm
     assert loaded == [3, default_threads(), 1]
+
+
+def test_a_model_opened_ahead_is_what_the_load_takes(monkeypatch):
+    from mmchat.llm import gguf
+
+    opened = []
+    real = gguf.open_llama
+    monkeypatch.setattr(gguf, "open_llama", lambda file, **kw: opened.append(file) or real(file, **kw))
+    gguf.open_ahead("smollm2-135m-instruct", threads=1)
+    small = LlamaCppLLM.load("smollm2-135m-instruct", threads=1)
+    assert len(opened) == 1 and small.path == opened[0] and not gguf._opened
+    assert small.generate(FRANCE, config=GREEDY)
+    LlamaCppLLM.load("smollm2-135m-instruct", threads=1)  # nothing opened ahead now: opens its own
+    assert len(opened) == 2
+
+
+def test_a_failure_while_opening_ahead_reaches_the_load(monkeypatch, tmp_path):
+    from mmchat.llm import gguf
+
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 4096)
+    monkeypatch.setattr(gguf, "path", lambda spec, progress=None: bad)
+    gguf.open_ahead("smollm2-135m-instruct", threads=1)
+    with pytest.raises(MMChatError, match="could not load"):
+        LlamaCppLLM.load("smollm2-135m-instruct", threads=1)
+
+
+def test_opening_ahead_imports_no_torch():
+    """What `chat --once` runs before its heavy imports must leave torch to the main thread."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from mmchat.engine import Engine, default_threads; from mmchat.llm import gguf; "
+            "Engine(llm='smollm2-135m-instruct').open_llm_ahead(); "
+            "gguf.take_opened('smollm2-135m-instruct', threads=default_threads()); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -145,16 +145,15 @@ def test_lean_decode_step_on_a_long_cache_matches_transformers(llm, monkeypatch)
     """From GROUPED_ATTENTION_FROM cached positions on, our step computes attention as two grouped
     matmuls: not bit-identical to sdpa, so checked for closeness and the same greedy tokens. The
     scripted step (fp16) and the Python one (on a copy of the cache) agree bit for bit, and only
-    the Python one goes through the module-level function counted here."""
+    the Python one goes through the function counted here."""
     from transformers import DynamicCache
 
-    from mmchat import llm as module
     from mmchat.kvcache import new_cache
-    from mmchat.llm import GROUPED_ATTENTION_FROM
+    from mmchat.scripted_step import GROUPED_ATTENTION_FROM
 
     calls = []
-    grouped = module.grouped_attention
-    monkeypatch.setattr(module, "grouped_attention", lambda *a, **k: calls.append(1) or grouped(*a, **k))
+    grouped = llm._step.grouped_attention
+    monkeypatch.setattr(llm._step, "grouped_attention", lambda *a, **k: calls.append(1) or grouped(*a, **k))
     text = " ".join(f"Fact {i}: rivers carry water to the sea." for i in range(GROUPED_ATTENTION_FROM // 10))
     ids = llm.encode(text)[:GROUPED_ATTENTION_FROM + 8]
     assert len(ids) == GROUPED_ATTENTION_FROM + 8

@@ -2,10 +2,10 @@
 
 Measured with bare llama-cpp-python on the 2-core test machine, default Qwen2.5-Coder-0.5B Q4_K_M:
 46 tokens/s where the torch runtime, on a de-quantised copy, does 23; 0.66 GB resident instead of
-1.74 GB; no one-time conversion. The torch runtime (:class:`mmchat.llm.LLM`) stays for fusion training, which
-needs gradients through the model.
+1.74 GB; no one-time conversion. The torch runtime (:mod:`mmchat.llm.torch_runtime`) stays for
+fusion training, which needs gradients through the model.
 
-The decoding loop is :class:`~mmchat.llm.ChatModel`'s, shared with the torch runtime: the prompt
+The decoding loop is :class:`~mmchat.llm.base.ChatModel`'s, shared with the torch runtime: the prompt
 goes to ``llama_decode`` in batches of token ids, and media rows (already in the embedding space)
 in batches of embeddings (``llama_batch_init(n, n_embd, 1)``), each at its own positions; the KV
 cache keeps the previous call's positions and is cut back to the prefix the new prompt shares.
@@ -27,30 +27,13 @@ import numpy as np
 import torch
 
 from mmchat import probe, registry
-from mmchat.cache import ConversionCache, Progress, join_parts
+from mmchat.cache import Progress
 from mmchat.errors import MMChatError
-from mmchat.llm import (MAX_CONTEXT_TOKENS, PREFILL_CHUNK_TOKENS, ChatModel, GenerationConfig, GenerationStats,
-                        _Prompt)
+from mmchat.llm import gguf
+from mmchat.llm.base import (MAX_CONTEXT_TOKENS, PREFILL_CHUNK_TOKENS, ChatModel, GenerationConfig, GenerationStats,
+                             _Prompt)
 
 log = logging.getLogger(__name__)
-
-JOINED_VERSION = 1  # the joined-GGUF cache's layout (a byte-for-byte join of the package parts)
-GGUF_NAME = "model.gguf"
-
-
-def gguf_path(spec: registry.ModelSpec, *, progress: Progress | None = None) -> Path:
-    """The registry model's GGUF file: the package's own file, or its parts joined once into the cache."""
-    if spec.source_format != "gguf" or not spec.bundled:
-        raise MMChatError(f"{spec.name} is not a GGUF model, which llama.cpp needs.",
-                          hint="Choose a GGUF model, or the torch runtime (MMCHAT_LLM_RUNTIME=torch).")
-    if len(spec.parts) == 1:
-        return spec.verified_parts(registry.Role.LLM)[0]
-    # Its own subfolder: the de-quantised torch copy's cache drops other versions beside it.
-    cache = ConversionCache(f"{spec.name}/gguf", spec.sha256 or "", JOINED_VERSION)
-    return cache.load_or_build(lambda out: join_parts(
-        spec.locate_parts(), out / GGUF_NAME, expected_sha256=spec.sha256, desc=f"joining {spec.name}",
-        progress=progress)) / GGUF_NAME
-
 
 class LlamaCppLLM(ChatModel):
     """A GGUF chat model run by llama.cpp. Use :meth:`load`. One generation runs at a time (they
@@ -83,28 +66,23 @@ class LlamaCppLLM(ChatModel):
     @classmethod
     def load(cls, name: str | None = None, *, threads: int | None = None,
              progress: Progress | None = None) -> LlamaCppLLM:
-        """Load a registry GGUF model (default: the registry's default LLM)."""
+        """Load a registry GGUF model (default: the registry's default LLM); one opened ahead
+        (:func:`mmchat.llm.gguf.open_ahead`) with these threads is taken as it is."""
         spec = registry.get(name) if name else registry.default(registry.Role.LLM)
         if spec.role is not registry.Role.LLM:
             raise MMChatError(f"{spec.name} is not a language model.")
-        return cls.from_file(gguf_path(spec, progress=progress), name=spec.name, threads=threads)
+        threads = threads or probe.physical_cores()
+        opened = gguf.take_opened(spec.name, threads=threads)
+        if opened is not None:
+            path, llama = opened
+            return cls(name=spec.name, llama=llama, path=path, threads=threads)
+        return cls.from_file(gguf.path(spec, progress=progress), name=spec.name, threads=threads)
 
     @classmethod
     def from_file(cls, path: Path, *, name: str | None = None, threads: int | None = None) -> LlamaCppLLM:
-        try:
-            from llama_cpp import Llama
-        except ImportError as exc:
-            raise MMChatError(f"The llama.cpp runtime does not import ({exc}).",
-                              hint="Run the README's setup command again (it builds llama-cpp-python).") from None
         threads = threads or probe.physical_cores()
         started = time.perf_counter()
-        try:
-            llama = Llama(model_path=str(path), n_ctx=MAX_CONTEXT_TOKENS, n_batch=PREFILL_CHUNK_TOKENS,
-                          n_ubatch=PREFILL_CHUNK_TOKENS, n_threads=threads, n_threads_batch=threads,
-                          use_mmap=True, verbose=False)
-        except (ValueError, RuntimeError, OSError) as exc:  # llama-cpp-python's "Failed to load model"
-            raise MMChatError(f"llama.cpp could not load {path} ({exc}).",
-                              hint="Reinstall the model packages: the README's setup command does this.") from None
+        llama = gguf.open_llama(path, threads=threads)
         log.info("loaded %s on llama.cpp (%d threads) in %.1f s", path, threads, time.perf_counter() - started)
         return cls(name=name or path.stem, llama=llama, path=path, threads=threads)
 
@@ -299,7 +277,7 @@ class _TokenEmbedding:
     def __init__(self, path: Path) -> None:
         from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-        _, shape, kind, offset = _find_tensor(path, "token_embd.weight")
+        _, shape, kind, offset = gguf.find_tensor(path, "token_embd.weight")
         self._type = GGMLQuantizationType(kind)
         block, block_bytes = GGML_QUANT_SIZES[self._type]
         width, n_rows = shape[0], shape[1]  # GGUF lists dimensions innermost first
@@ -312,62 +290,3 @@ class _TokenEmbedding:
         ids = token_ids.to(torch.long).reshape(-1).numpy()
         rows = dequantize(np.asarray(self._table[ids]), self._type).reshape(len(ids), -1)
         return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)).reshape(*token_ids.shape, -1)
-
-
-# GGUF value types by number: struct format of the fixed-size ones (8 is a string, 9 an array).
-_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-
-
-def _find_tensor(path: Path, wanted: str) -> tuple[str, tuple[int, ...], int, int]:
-    """(name, shape, GGML type, absolute byte offset) of one tensor in a GGUF file (v2/v3, little
-    endian), read from its header. gguf's own GGUFReader builds every metadata array as numpy
-    views first: 9.5 s for Qwen's vocabulary, where skipping it takes a fraction of a second."""
-    import mmap
-    import struct
-
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        if data[:4] != b"GGUF":
-            raise MMChatError(f"{path} is not a GGUF file.")
-        version, n_tensors, n_kv = struct.unpack_from("<IQQ", data, 4)
-        at = 24
-        alignment = 32
-
-        def string(at: int) -> tuple[str, int]:
-            (n,) = struct.unpack_from("<Q", data, at)
-            return data[at + 8:at + 8 + n].decode("utf-8", "replace"), at + 8 + n
-
-        def skip(kind: int, at: int) -> int:
-            if kind in _GGUF_SCALARS:
-                return at + struct.calcsize(_GGUF_SCALARS[kind])
-            if kind == 8:
-                (n,) = struct.unpack_from("<Q", data, at)
-                return at + 8 + n
-            if kind == 9:
-                item, count = struct.unpack_from("<IQ", data, at)
-                at += 12
-                if item in _GGUF_SCALARS:
-                    return at + count * struct.calcsize(_GGUF_SCALARS[item])
-                for _ in range(count):
-                    at = skip(item, at)
-                return at
-            raise MMChatError(f"{path}: unknown GGUF value type {kind} (version {version}).")
-
-        for _ in range(n_kv):
-            key, at = string(at)
-            (kind,) = struct.unpack_from("<I", data, at)
-            if key == "general.alignment" and kind == 4:
-                (alignment,) = struct.unpack_from("<I", data, at + 4)
-            at = skip(kind, at + 4)
-        found = None
-        for _ in range(n_tensors):
-            name, at = string(at)
-            (n_dims,) = struct.unpack_from("<I", data, at)
-            shape = struct.unpack_from(f"<{n_dims}Q", data, at + 4)
-            kind, offset = struct.unpack_from("<IQ", data, at + 4 + 8 * n_dims)
-            at += 4 + 8 * n_dims + 12
-            if name == wanted:
-                found = (name, tuple(shape), kind, offset)
-        if found is None:
-            raise MMChatError(f"{path} has no tensor {wanted}.")
-        start = (at + alignment - 1) // alignment * alignment  # tensor data begins aligned after the header
-        return found[0], found[1], found[2], start + found[3]

@@ -1,0 +1,141 @@
+"""A registry LLM's GGUF file, read without torch: where it is (the package's file, or its parts
+joined once into the cache), one tensor's place in it, and opening it in llama.cpp ahead of use.
+
+``chat --once`` opens the model in a thread (:func:`open_ahead`: the file's sha256 check and
+llama.cpp's load both run without the GIL) while the main thread imports torch and the chat code;
+the runtime then takes the opened model (:func:`take_opened`).
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+
+from mmchat import registry
+from mmchat.cache import ConversionCache, Progress, join_parts
+from mmchat.errors import MMChatError
+from mmchat.llm import MAX_CONTEXT_TOKENS, PREFILL_CHUNK_TOKENS
+
+JOINED_VERSION = 1  # the joined-GGUF cache's layout (a byte-for-byte join of the package parts)
+GGUF_NAME = "model.gguf"
+
+
+def path(spec: registry.ModelSpec, *, progress: Progress | None = None) -> Path:
+    """The registry model's GGUF file: the package's own file, or its parts joined once into the cache."""
+    if spec.source_format != "gguf" or not spec.bundled:
+        raise MMChatError(f"{spec.name} is not a GGUF model, which llama.cpp needs.",
+                          hint="Choose a GGUF model, or the torch runtime (MMCHAT_LLM_RUNTIME=torch).")
+    if len(spec.parts) == 1:
+        return spec.verified_parts(registry.Role.LLM)[0]
+    # Its own subfolder: the de-quantised torch copy's cache drops other versions beside it.
+    cache = ConversionCache(f"{spec.name}/gguf", spec.sha256 or "", JOINED_VERSION)
+    return cache.load_or_build(lambda out: join_parts(
+        spec.locate_parts(), out / GGUF_NAME, expected_sha256=spec.sha256, desc=f"joining {spec.name}",
+        progress=progress)) / GGUF_NAME
+
+
+def open_llama(file: Path, *, threads: int, n_ctx: int = MAX_CONTEXT_TOKENS,
+               n_batch: int = PREFILL_CHUNK_TOKENS):
+    """llama-cpp-python's ``Llama`` on ``file`` (memory-mapped), or a clear error."""
+    try:
+        from llama_cpp import Llama
+    except ImportError as exc:
+        raise MMChatError(f"The llama.cpp runtime does not import ({exc}).",
+                          hint="Run the README's setup command again (it builds llama-cpp-python).") from None
+    try:
+        return Llama(model_path=str(file), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=threads,
+                     n_threads_batch=threads, use_mmap=True, verbose=False)
+    except (ValueError, RuntimeError, OSError) as exc:  # llama-cpp-python's "Failed to load model"
+        raise MMChatError(f"llama.cpp could not load {file} ({exc}).",
+                          hint="Reinstall the model packages: the README's setup command does this.") from None
+
+
+_opened: dict[tuple[str, int], Future] = {}
+_opened_lock = threading.Lock()
+
+
+def open_ahead(name: str, *, threads: int) -> None:
+    """Start finding, checking and opening registry model ``name`` in a daemon thread; a later
+    :func:`take_opened` with the same arguments gets it (or the error it met)."""
+    key = (name, threads)
+    future: Future = Future()
+    with _opened_lock:
+        if key in _opened:
+            return
+        _opened[key] = future
+
+    def run() -> None:
+        try:
+            file = path(registry.get(name))
+            future.set_result((file, open_llama(file, threads=threads)))
+        except BaseException as exc:  # handed to whoever takes it
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=f"open {name}", daemon=True).start()
+
+
+def take_opened(name: str, *, threads: int):
+    """(GGUF path, Llama) opened ahead for these arguments, waiting for it; None if none was."""
+    with _opened_lock:
+        future = _opened.pop((name, threads), None)
+    return None if future is None else future.result()
+
+
+# GGUF value types by number: struct format of the fixed-size ones (8 is a string, 9 an array).
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
+def find_tensor(path: Path, wanted: str) -> tuple[str, tuple[int, ...], int, int]:
+    """(name, shape, GGML type, absolute byte offset) of one tensor in a GGUF file (v2/v3, little
+    endian), read from its header. gguf's own GGUFReader builds every metadata array as numpy
+    views first: 9.5 s for Qwen's vocabulary, where skipping it takes a fraction of a second."""
+    import mmap
+    import struct
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        if data[:4] != b"GGUF":
+            raise MMChatError(f"{path} is not a GGUF file.")
+        version, n_tensors, n_kv = struct.unpack_from("<IQQ", data, 4)
+        at = 24
+        alignment = 32
+
+        def string(at: int) -> tuple[str, int]:
+            (n,) = struct.unpack_from("<Q", data, at)
+            return data[at + 8:at + 8 + n].decode("utf-8", "replace"), at + 8 + n
+
+        def skip(kind: int, at: int) -> int:
+            if kind in _GGUF_SCALARS:
+                return at + struct.calcsize(_GGUF_SCALARS[kind])
+            if kind == 8:
+                (n,) = struct.unpack_from("<Q", data, at)
+                return at + 8 + n
+            if kind == 9:
+                item, count = struct.unpack_from("<IQ", data, at)
+                at += 12
+                if item in _GGUF_SCALARS:
+                    return at + count * struct.calcsize(_GGUF_SCALARS[item])
+                for _ in range(count):
+                    at = skip(item, at)
+                return at
+            raise MMChatError(f"{path}: unknown GGUF value type {kind} (version {version}).")
+
+        for _ in range(n_kv):
+            key, at = string(at)
+            (kind,) = struct.unpack_from("<I", data, at)
+            if key == "general.alignment" and kind == 4:
+                (alignment,) = struct.unpack_from("<I", data, at + 4)
+            at = skip(kind, at + 4)
+        found = None
+        for _ in range(n_tensors):
+            name, at = string(at)
+            (n_dims,) = struct.unpack_from("<I", data, at)
+            shape = struct.unpack_from(f"<{n_dims}Q", data, at + 4)
+            kind, offset = struct.unpack_from("<IQ", data, at + 4 + 8 * n_dims)
+            at += 4 + 8 * n_dims + 12
+            if name == wanted:
+                found = (name, tuple(shape), kind, offset)
+        if found is None:
+            raise MMChatError(f"{path} has no tensor {wanted}.")
+        start = (at + alignment - 1) // alignment * alignment  # tensor data begins aligned after the header
+        return found[0], found[1], found[2], start + found[3]
