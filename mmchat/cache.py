@@ -3,8 +3,13 @@
 A conversion (GGUF -> safetensors, CTranslate2 -> openai-whisper checkpoint) runs once and lands in
 ``<cache>/models/<name>/<key>/``, where the key names the converter version and the source sha256.
 The directory is built under a temporary name and renamed into place, with a ``manifest.json``
-listing every file's size and sha256. Each load re-hashes the files; a tampered or truncated file
+listing every file's size and sha256. Each load checks the files; a tampered or truncated file
 fails verification and the conversion is rebuilt.
+
+A file whose sha256 matched is remembered in ``.checked.json`` by size, inode and change time
+(ctime: any write or rename moves it, and no call sets it back), and hashed again only when one of
+those differs: re-hashing the joined 491 MB GGUF took about a second of a 2.7 s ``chat --once``.
+``mmchat models verify`` always hashes.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +34,10 @@ log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 8 * 1024 * 1024
 MANIFEST = "manifest.json"
+CHECKED = ".checked.json"  # what each file was (size, inode, ctime) when its sha256 last matched
+# A file changed this recently could change again within one step of the clock that stamps ctime
+# (a few ms), unseen: it is hashed again next time, not remembered.
+SETTLED_S = 2.0
 
 # Reports (done, total) units of work; the CLI passes none and gets a tqdm bar, the app its own.
 Progress = Callable[[int, int], None]
@@ -76,21 +86,53 @@ def join_parts(parts: Iterable[Path], dest: Path, *, expected_sha256: str | None
     os.replace(tmp, dest)
 
 
-def verify_manifest(directory: Path, *, source_sha256: str | None = None) -> bool:
+def verify_manifest(directory: Path, *, source_sha256: str | None = None, full: bool = False) -> bool:
     """True when ``directory/manifest.json`` exists (for ``source_sha256``, if given) and every file
-    it lists has its recorded size and sha256."""
+    it lists has its recorded size and sha256; a file unchanged since its sha256 last matched is not
+    hashed again unless ``full``."""
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
         if source_sha256 is not None and manifest.get("source_sha256") != source_sha256:
             return False
+        checked = {} if full else _read_checked(directory)
+        stamps = {}
         for rel, meta in manifest["files"].items():
             path = directory / rel
-            if path.stat().st_size != meta["size"] or sha256_file(path) != meta["sha256"]:
-                log.warning("%s: %s failed verification", directory, rel)
+            status = path.stat()
+            if status.st_size != meta["size"]:
+                log.warning("%s: %s has the wrong size", directory, rel)
                 return False
+            stamp = [status.st_size, status.st_ino, status.st_ctime_ns]
+            if checked.get(rel) != stamp:
+                if sha256_file(path) != meta["sha256"]:
+                    log.warning("%s: %s failed verification", directory, rel)
+                    return False
+                if time.time_ns() - status.st_ctime_ns < SETTLED_S * 1e9:
+                    continue
+            stamps[rel] = stamp
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
+    if stamps != checked:
+        _write_checked(directory, stamps)
     return True
+
+
+def _read_checked(directory: Path) -> dict:
+    try:
+        checked = json.loads((directory / CHECKED).read_text())
+        return checked if isinstance(checked, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_checked(directory: Path, stamps: dict) -> None:
+    tmp = directory / f".{CHECKED}.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(json.dumps(stamps))
+        os.replace(tmp, directory / CHECKED)
+    except OSError as exc:  # a read-only cache: every load hashes, as before
+        log.debug("could not remember the checked files of %s: %s", directory, exc)
+        tmp.unlink(missing_ok=True)
 
 
 def cached_conversions(name: str) -> list[Path]:

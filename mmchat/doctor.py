@@ -108,7 +108,7 @@ def verify_model(spec: registry.ModelSpec) -> tuple[bool, str]:
         return False, "bundled files do not match the registry sha256 (reinstall the model packages)"
     detail = "bundled files match sha256"
     for directory in cache.cached_conversions(spec.name):
-        ok = cache.verify_manifest(directory)
+        ok = cache.verify_manifest(directory, full=True)
         detail += f"; conversion {directory.name}: {'ok' if ok else 'CORRUPT (will be rebuilt on next load)'}"
         if not ok:
             return False, detail

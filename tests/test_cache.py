@@ -51,6 +51,42 @@ def test_conversion_is_built_once_and_rebuilt_when_tampered(cache_dir):
     assert not cache.verify()
 
 
+def test_a_file_unchanged_since_its_check_is_not_hashed_again_and_a_changed_one_is(cache_dir, monkeypatch):
+    import time
+
+    from mmchat import cache as cache_mod
+
+    hashed = []
+    real = cache_mod.sha256_file
+    monkeypatch.setattr(cache_mod, "sha256_file", lambda path: hashed.append(path.name) or real(path))
+    monkeypatch.setattr(cache_mod, "SETTLED_S", 0.0)  # remember at once (the default waits 2 s)
+
+    def build(out):
+        (out / "weights.bin").write_bytes(b"converted" * 100)
+
+    cache = ConversionCache("toy", "ef" * 32, 1)
+    first = cache.load_or_build(build)
+    hashed.clear()
+    assert cache.verify() and hashed == ["weights.bin"]  # checked, and remembered
+    assert cache.verify() and cache.verify() and hashed == ["weights.bin"]
+    assert verify_manifest(first, full=True) and hashed == ["weights.bin"] * 2  # `models verify` always hashes
+    time.sleep(0.05)  # past one step of the clock that stamps the file's change time
+    (first / "weights.bin").write_bytes(b"CONVERTED" * 100)  # same size, other bytes
+    assert not cache.verify() and hashed[-1] == "weights.bin"
+
+
+def test_a_file_changed_just_before_its_check_is_hashed_again_next_time(cache_dir, monkeypatch):
+    from mmchat import cache as cache_mod
+
+    hashed = []
+    real = cache_mod.sha256_file
+    monkeypatch.setattr(cache_mod, "sha256_file", lambda path: hashed.append(path.name) or real(path))
+    cache = ConversionCache("toy", "12" * 32, 1)
+    cache.load_or_build(lambda out: (out / "weights.bin").write_bytes(b"x" * 100))
+    hashed.clear()
+    assert cache.verify() and cache.verify() and len(hashed) == 2  # written < SETTLED_S ago: not remembered
+
+
 def test_failed_build_leaves_no_directory(cache_dir):
     cache = ConversionCache("toy", "cd" * 32, 1)
 
