@@ -35,6 +35,7 @@ from mmchat.llm.base import (MAX_CONTEXT_TOKENS, PREFILL_CHUNK_TOKENS, ChatModel
 
 log = logging.getLogger(__name__)
 
+
 class LlamaCppLLM(ChatModel):
     """A GGUF chat model run by llama.cpp. Use :meth:`load`. One generation runs at a time (they
     share the KV cache); a second waits for the first to end."""
@@ -51,7 +52,8 @@ class LlamaCppLLM(ChatModel):
         self._vocab = llama_cpp.llama_model_get_vocab(llama.model)
         self.hidden_size: int = llama_cpp.llama_model_n_embd(llama.model)
         self.n_vocab: int = llama.n_vocab()
-        self.context_length: int = llama.n_ctx()
+        # The window it was trained for, if smaller than the context made for it (MAX_CONTEXT_TOKENS).
+        self.context_length: int = min(llama.n_ctx(), llama_cpp.llama_model_n_ctx_train(llama.model))
         self.dtype = torch.float32  # what llama.cpp takes embeddings in
         self.last_stats: GenerationStats | None = None
         special = {key: llama.detokenize([token], special=True).decode("utf-8", "replace")
