@@ -10,10 +10,8 @@ import sys
 import time
 
 from benchmarks.common import ROOT, Result, Size
+from benchmarks.llm import COUNT_PROMPT, DECODE_TOKENS, SYSTEM, _context, _greedy
 
-DECODE_TOKENS = 64
-COUNT_PROMPT = "Count from 1 to 300, separated by commas. Output only the numbers."
-SYSTEM = "You are mmchat, a helpful assistant that runs entirely on the user's own computer."
 QUESTION = "What is the capital of France?"
 ONCE_TARGET_S = 2.5
 ONCE_RATIO_TARGET = 1.5
@@ -27,12 +25,6 @@ out = llm.create_chat_completion(messages=[{{"role": "user", "content": {questio
                                  max_tokens=512, repeat_penalty=1.1, top_k=40, top_p=0.9)
 print(out["choices"][0]["message"]["content"])
 """
-
-
-def _greedy(n: int):
-    from mmchat.llm import GenerationConfig
-
-    return GenerationConfig(max_new_tokens=n, temperature=0.0, repetition_penalty=1.0)
 
 
 def decode_vs_bare(llm, size: Size) -> list[Result]:
@@ -110,7 +102,6 @@ def image_turn_first_token(llm, size: Size) -> list[Result]:
     question text-only, with nothing before it and nothing cached."""
     import torch
 
-    from benchmarks.llm import _context
     from mmchat.context import MEDIA_PLACEHOLDER
     from mmchat.fusion import FusionConfig
 

@@ -199,7 +199,6 @@ class _Batch:
 
     def __init__(self, lib, capacity: int, width: int) -> None:
         self.batch = lib.llama_batch_init(capacity, width, 1)
-        self.capacity, self.width = capacity, width
         self._free = functools.partial(lib.llama_batch_free, self.batch)
         self.pos = np.ctypeslib.as_array(self.batch.pos, shape=(capacity,))
         self.logits = np.ctypeslib.as_array(ctypes.cast(self.batch.logits, ctypes.POINTER(ctypes.c_int8)),
