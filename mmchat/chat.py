@@ -196,6 +196,10 @@ class ChatSession:
                     first_token_s = time.monotonic() - started
                 chunks.append(chunk)
                 yield ChatEvent("token", chunk)
+            if dropped := getattr(llm.last_stats, "dropped_messages", 0):
+                yield ChatEvent("notice", f"This conversation is longer than {llm.name} can read at once: its "
+                                          f"{dropped} oldest message{'s were' if dropped > 1 else ' was'} left out "
+                                          "of this reply (they are still here).")
         except GeneratorExit:  # the consumer stopped reading: keep what was said so far
             status = "stopped"
             raise

@@ -71,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--image", action="append", default=[], type=Path, metavar="FILE", help="attach an image (repeatable)")
     chat.add_argument("--audio", type=Path, metavar="FILE", help="attach a voice message (WAV/FLAC/OGG)")
     chat.add_argument("--model", metavar="NAME", help="LLM from `mmchat models list`")
+    chat.add_argument("--server", metavar="URL",
+                      help="chat on an OpenAI-compatible server (llama.cpp, vLLM, Ollama) at URL; API key from "
+                           "$MMCHAT_API_KEY or the system keyring (`mmchat server key URL`)")
+    chat.add_argument("--server-model", metavar="NAME", help="the server's model (default: the first it lists)")
     where = chat.add_mutually_exclusive_group()
     where.add_argument("--continue", dest="resume", action="store_true", help="continue the most recent conversation")
     where.add_argument("--conversation", type=int, metavar="ID", help="continue conversation ID")
@@ -101,6 +105,12 @@ def _parser() -> argparse.ArgumentParser:
     mv = msub.add_parser("verify", help="check bundled model files against their sha256")
     mv.add_argument("name", nargs="?")
     mv.set_defaults(func=_cmd_models_verify)
+
+    server = sub.add_parser("server", help="the chat server's API key, kept in the system keyring")
+    ssub = server.add_subparsers(title="actions", metavar="ACTION", required=True)
+    sk = ssub.add_parser("key", help="store the API key for the server at URL (asked for, not echoed)")
+    sk.add_argument("url")
+    sk.set_defaults(func=_cmd_server_key)
 
     doctor = sub.add_parser("doctor", help="what is installed, where data lives, what works here")
     doctor.add_argument("--json", action="store_true")
@@ -284,7 +294,9 @@ def _session(args):
 
     if args.threads is not None and args.threads < 1:
         raise MMChatError("--threads must be at least 1.")
-    engine = Engine(llm=args.model, llm_threads=args.threads)
+    if args.server_model and not args.server:
+        raise MMChatError("--server-model needs --server.")
+    engine = Engine(llm=args.model, llm_threads=args.threads, server=args.server, server_model=args.server_model)
     engine.open_llm_ahead()  # beside the imports below (torch: about a second)
 
     from mmchat.chat import ChatSession
@@ -399,7 +411,7 @@ def _repl(session, *, remember: bool = False) -> int:
     from mmchat.chat import ChatSession
 
     where = "temporary chat, nothing is stored" if session.temporary else f"conversation {session.conversation_id}"
-    print(f"mmchat {__version__} — {session.engine.model_name('llm')} ({where}). /help for commands.", file=sys.stderr)
+    print(f"mmchat {__version__} — {session.engine.chat_label} ({where}). /help for commands.", file=sys.stderr)
     pending_images: list[Path] = []
     while True:
         try:
@@ -586,6 +598,20 @@ def _cmd_models_verify(args) -> int:
         failed += not ok
         print(f"{'ok  ' if ok else 'FAIL'} {spec.name}: {detail}")
     return EXIT_ERROR if failed else 0
+
+
+def _cmd_server_key(args) -> int:
+    import getpass
+
+    from mmchat.llm.remote import normalise_url, store_api_key
+
+    url = normalise_url(args.url)
+    key = getpass.getpass(f"API key for {url} (not shown): ").strip()
+    if not key:
+        raise MMChatError("No key given; nothing stored.")
+    store_api_key(url, key)
+    print(f"Stored in the system keyring for {url}.")
+    return 0
 
 
 def _cmd_doctor(args) -> int:

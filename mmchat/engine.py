@@ -141,6 +141,14 @@ def _llm_loader(threads: int | None):
     return load
 
 
+def _server_loader(url: str, model: str | None):
+    def load(name: str, progress):
+        from mmchat.llm.remote import RemoteLLM
+
+        return RemoteLLM.connect(url, model=model)
+    return load
+
+
 def _load_torch_llm(name: str, progress):
     from mmchat.llm.torch_runtime import LLM
 
@@ -173,11 +181,15 @@ def _load_face_finder(name: str, progress):
 
 class Engine:
     """Holds one LLM, one speech model, one image encoder, one OCR model and a face detector, each
-    loaded on first use."""
+    loaded on first use.
+
+    With ``server`` (an OpenAI-compatible server's address) chat runs there, on ``server_model``
+    (the first the server lists when not given); ``llm`` still names the local model that fusion
+    training (:attr:`training_llm`) uses."""
 
     def __init__(self, *, llm: str | None = None, asr: str | None = None, image: str | None = None,
                  ocr: str | None = None, faces: str | None = None, on_status: StatusCallback | None = None,
-                 llm_threads: int | None = None) -> None:
+                 llm_threads: int | None = None, server: str | None = None, server_model: str | None = None) -> None:
         self._callbacks: list[StatusCallback] = [on_status] if on_status else []
         llm = llm or registry.default(registry.Role.LLM).name
         asr = asr or registry.default(registry.Role.ASR).name
@@ -189,8 +201,17 @@ class Engine:
             if registry.get(name).role is not role:
                 raise MMChatError(f"{name} is not a {role.value} model.")
         sweep = _Sweep()
+        self._llm_name = llm
+        self.server = self.server_model = None
+        if server:
+            from mmchat.llm.remote import normalise_url
+
+            self.server, self.server_model = normalise_url(server), server_model or None
+            chat = _Slot("llm", self.server, _server_loader(self.server, self.server_model), self._notify, sweep)
+        else:
+            chat = _Slot("llm", llm, _llm_loader(llm_threads), self._notify, sweep)
         self._slots = {
-            "llm": _Slot("llm", llm, _llm_loader(llm_threads), self._notify, sweep),
+            "llm": chat,
             "asr": _Slot("asr", asr, _load_whisper, self._notify, sweep),
             "image": _Slot("image", image, _load_image_encoder, self._notify, sweep),
             "ocr": _Slot("ocr", ocr, _load_text_reader, self._notify, sweep),
@@ -207,8 +228,10 @@ class Engine:
         unknown = set(names) - set(self._slots)
         if unknown:
             raise ValueError(f"no slot {', '.join(sorted(unknown))}; slots: {', '.join(self._slots)}")
-        other = Engine(**{role: names.get(role, slot.model) for role, slot in self._slots.items()},
-                       llm_threads=self._llm_threads)
+        chosen = {role: names.get(role, slot.model) for role, slot in self._slots.items()}
+        chosen["llm"] = names.get("llm", self._llm_name)
+        other = Engine(**chosen, llm_threads=self._llm_threads,
+                       server=None if "llm" in names else self.server, server_model=self.server_model)
         other._callbacks = list(self._callbacks)  # the shared slots still report through this engine
         for role, slot in self._slots.items():
             if role not in names:
@@ -241,7 +264,7 @@ class Engine:
         importing (``chat --once``): for llama.cpp, the file's sha256 check and the load run without
         the GIL, beside the imports; the first access to :attr:`llm` then takes what was opened."""
         slot = self._slots["llm"]
-        if not slot.loaded and llm_runtime(slot.model) == "llama.cpp":
+        if not slot.loaded and self.server is None and llm_runtime(slot.model) == "llama.cpp":
             from mmchat.llm import gguf
 
             gguf.open_ahead(slot.model, threads=self._llm_threads or default_threads())
@@ -251,7 +274,9 @@ class Engine:
         """The LLM as torch runs it (:class:`~mmchat.llm.torch_runtime.LLM`), for training fusion
         through it: the chat model when torch runs chat, else a torch copy loaded on first access."""
         chat = self._slots["llm"]
-        return chat.get() if llm_runtime(chat.model) == "torch" else self._trainer.get()
+        if self.server is None and llm_runtime(chat.model) == "torch":
+            return chat.get()
+        return self._trainer.get()
 
     @property
     def whisper(self):
@@ -277,7 +302,15 @@ class Engine:
         return {role: slot.status for role, slot in self._slots.items()}
 
     def model_name(self, role: str) -> str:
-        return self._slots[role].model
+        """The registry model in slot ``role`` (for "llm", the local one even when chat runs on a server)."""
+        return self._llm_name if role == "llm" else self._slots[role].model
+
+    @property
+    def chat_label(self) -> str:
+        """Where chat runs, for a window title or a status line."""
+        if self.server is None:
+            return self._llm_name
+        return f"{self.server_model or 'the served model'} at {self.server}"
 
     def is_loaded(self, role: str) -> bool:
         return self._slots[role].loaded

@@ -179,6 +179,9 @@ def media_encoder(engine, *, image: bool = True, audio: bool = True) -> MediaEnc
     """The media encoder for this engine: fusion per modality where a checkpoint matches the loaded
     LLM and encoders (and the setting allows it), evidence and transcripts alone otherwise."""
     llm = engine.llm
+    if llm.hidden_size is None:  # a chat server: the chat-completions API carries text only
+        return MediaEncoder(engine, reason=f"{llm.name} is a chat server, which takes text: pictures and voice "
+                                           "reach it as words (what the encoders found), without fusion tokens")
     image_name = engine.model_name("image")
     directory = find_checkpoint(llm.name, image_name)
     if directory is None:

@@ -54,6 +54,10 @@ class Settings:
     repetition_penalty: float = 1.1
     seed: int | None = None  # None: a new random seed per reply
     llm_threads: int = 0  # CPU threads llama.cpp runs the LLM on (0 = one per physical core)
+    # Chat on an OpenAI-compatible server instead ("" = the local model). Its API key is not a
+    # setting: it comes from $MMCHAT_API_KEY or the system keyring (mmchat.llm.remote).
+    server_url: str = ""
+    server_model: str = ""  # "" = the first model the server lists
     # Fusion per modality: media reach the LLM as embedded tokens (on) or as words (off).
     fusion_image: bool = True
     fusion_audio: bool = True

@@ -172,3 +172,19 @@ def test_temporary_by_default(qtbot, make_window):
     window = make_window(settings=Settings(temporary_by_default=True))
     assert window.controller.current.temporary and window.temporary_button.isChecked()
     assert window.chat.temp_banner.isVisible()
+
+
+def test_a_chat_server_address_is_checked_and_rebuilds_the_engine(qtbot, make_window):
+    made = []
+    window = make_window(make_engine=lambda settings: made.append(settings) or DemoEngine())
+    dialog = open_dialog(qtbot, window)
+    dialog.server_url.setText("ftp://files.example.org")
+    dialog.accept()
+    assert dialog.isVisible() and "not a server address" in dialog.server_note.text()
+    assert window.settings.server_url == ""
+    dialog.server_url.setText("127.0.0.1:8080/v1")
+    dialog.server_model.setText("qwen2.5-7b")
+    dialog.accept()
+    assert not dialog.isVisible()
+    assert (window.settings.server_url, window.settings.server_model) == ("127.0.0.1:8080/v1", "qwen2.5-7b")
+    assert made[-1].server_url == "127.0.0.1:8080/v1"  # chat goes to the server from the next turn

@@ -168,6 +168,10 @@ class DemoEngine:
     def model_name(self, role: str) -> str:
         return DEMO_MODELS[role]
 
+    @property
+    def chat_label(self) -> str:
+        return DEMO_MODELS["llm"]
+
     def is_loaded(self, role: str) -> bool:
         return True
 

@@ -262,7 +262,7 @@ class MainWindow(QMainWindow):
         engine.add_status_callback(self._status_callback)
         for status in engine.status().values():
             self.status.update_status(status)
-        self.model_label.setText(engine.model_name("llm"))
+        self.model_label.setText(engine.chat_label)
 
     def _forget_engine(self) -> None:
         if self.engine is not None and self._status_callback is not None:
@@ -750,8 +750,8 @@ class MainWindow(QMainWindow):
                 self.banner.show_text(str(exc))
         if new.theme != old.theme and self.theme_manager is not None:
             self.theme_manager.apply(new.theme)
-        if (new.llm, new.asr, new.image_encoder, new.llm_threads) != (old.llm, old.asr, old.image_encoder,
-                                                                     old.llm_threads):
+        engine_settings = ("llm", "asr", "image_encoder", "llm_threads", "server_url", "server_model")
+        if any(getattr(new, name) != getattr(old, name) for name in engine_settings):
             self._set_engine(self.services.make_engine(new))
             if self.services.load_models:
                 self.load_models()

@@ -43,7 +43,8 @@ def _engine(settings: Settings):
     from mmchat.engine import Engine
 
     return Engine(llm=settings.llm or None, asr=settings.asr or None, image=settings.image_encoder or None,
-                  llm_threads=settings.llm_threads or None)
+                  llm_threads=settings.llm_threads or None, server=settings.server_url.strip() or None,
+                  server_model=settings.server_model.strip() or None)
 
 
 def _recorder(settings: Settings):

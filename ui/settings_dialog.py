@@ -18,6 +18,8 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, 
                                QPushButton, QSpinBox, QTabWidget, QVBoxLayout, QWidget)
 
 from mmchat import registry
+from mmchat.errors import MMChatError
+from mmchat.llm.remote import normalise_url
 from mmchat.profile import MEMORY_MODES
 from mmchat.settings import MAX_RECORDING_S, RANGES, THEMES, Settings
 from mmchat_ui.services import Services
@@ -170,6 +172,17 @@ class SettingsDialog(QDialog):
         self.llm_threads = _spin(RANGES["llm_threads"], s.llm_threads)
         self.llm_threads.setSpecialValueText("one per core")  # shown for 0
         form.addRow("CPU threads for the language model", self.llm_threads)
+        self.server_url = QLineEdit(s.server_url)
+        self.server_url.setPlaceholderText("none: the model runs on this computer")
+        self.server_url.setToolTip("An OpenAI-compatible server (llama.cpp, vLLM, Ollama), e.g. http://127.0.0.1:8080. "
+                                   "Its API key comes from $MMCHAT_API_KEY or the system keyring "
+                                   "(`mmchat server key URL`), never from this file.")
+        self.server_model = QLineEdit(s.server_model)
+        self.server_model.setPlaceholderText("the first model the server lists")
+        self.server_note = QLabel(objectName="messageMeta", wordWrap=True)
+        form.addRow("Chat server", self.server_url)
+        form.addRow("", self.server_note)
+        form.addRow("Server model", self.server_model)
         return page
 
     def _voice_tab(self, s: Settings) -> QWidget:
@@ -334,12 +347,21 @@ class SettingsDialog(QDialog):
             top_p=round(self.top_p.value(), 3), top_k=self.top_k.value(),
             repetition_penalty=round(self.repetition.value(), 3),
             seed=self.seed.value() if self.fixed_seed.isChecked() else None, llm_threads=self.llm_threads.value(),
+            server_url=self.server_url.text().strip(), server_model=self.server_model.text().strip(),
             input_device=self.device.currentData() or "", voice_send_at_once=self.send_at_once.isChecked(),
             max_recording_s=self.max_recording.value(), fusion_image=self.fusion_image.isChecked(),
             fusion_audio=self.fusion_audio.isChecked(), data_dir=self.data_dir.text().strip(),
             temporary_by_default=self.temporary_default.isChecked())
 
     def accept(self) -> None:
+        try:
+            if self.server_url.text().strip():
+                normalise_url(self.server_url.text())
+        except MMChatError as exc:  # the dialog stays open on the field to mend
+            self.server_note.setText(str(exc))
+            self.tabs.setCurrentWidget(self.server_url.parentWidget())
+            self.server_url.setFocus()
+            return
         mode = self.memory_mode.currentData()
         if self.memory_mode_before is not None and mode != self.memory_mode_before:
             self.memory_mode_chosen.emit(mode)
