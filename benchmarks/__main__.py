@@ -12,7 +12,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from benchmarks.common import RESULTS_JSON, RESULTS_MD, Size, machine, table_row, write_report  # noqa: E402
 
-SUITES = ("llm", "llamacpp", "media", "voice", "memory", "startup", "gui")
+SUITES = ("llm", "llamacpp", "remote", "media", "voice", "memory", "startup", "gui")
 
 
 def main(argv: list[str] | None = None) -> int:

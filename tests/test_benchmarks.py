@@ -72,3 +72,11 @@ def test_startup_benchmark_runs():
     results = {r.name: r for r in startup.run(QUICK)}
     assert 0 < results["Cold start to window painted"].value < 60
     assert results["Cold start to first reply (CLI, 8 tokens)"].value > 0
+
+
+def test_remote_benchmark_replays_a_recorded_stream_to_both_clients():
+    from benchmarks import remote
+
+    (result,) = remote.run(QUICK)
+    assert result.detail["replies_identical"] and result.detail["text_chunks"] > 4
+    assert result.detail["ours_ms"] > 0 and result.detail["raw_ms"] > 0
