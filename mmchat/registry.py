@@ -160,7 +160,7 @@ MODELS: tuple[ModelSpec, ...] = (
         source_format="gguf",
         default=True,
         notes="Uses profile facts reliably (measured: answers 'What is my name?' with the profile name).",
-        settings={"hidden_size": 896},
+        settings={"hidden_size": 896, "layers": 24, "kv_heads": 2, "head_dim": 64},
     ),
     ModelSpec(
         name="smollm2-135m-instruct",
@@ -172,7 +172,7 @@ MODELS: tuple[ModelSpec, ...] = (
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         source_format="gguf",
         notes="Too weak to use profile facts (measured: ignores 'The user's name is Ada').",
-        settings={"hidden_size": 576},
+        settings={"hidden_size": 576, "layers": 30, "kv_heads": 3, "head_dim": 64},
     ),
     ModelSpec(
         name="whisper-base",
@@ -323,6 +323,47 @@ MODELS: tuple[ModelSpec, ...] = (
                    "tokenizer_config.json", "vocab.json", "merges.txt"),
         source_format="hf",
         settings={"hidden_size": 1536},
+    ),
+    # Bigger chat models as Qwen publishes them, Q4_K_M GGUF, run by llama.cpp like the bundled one.
+    # size_bytes: the hub's listing of the files (a fetch checks each against the hub's own sha256).
+    # The first hub file is the one llama.cpp opens; the other parts of a split GGUF lie beside it.
+    # layers, kv_heads and head_dim (from each model's config.json) size the KV cache in the RAM need
+    # (mmchat.llm.gguf.ram_need).
+    ModelSpec(
+        name="qwen2.5-1.5b-instruct-q4",
+        role=Role.LLM,
+        description="Qwen2.5-1.5B-Instruct Q4_K_M (GGUF, download; 28 layers, hidden 1536), run by llama.cpp",
+        licence="Apache-2.0",
+        size_bytes=1_117_320_736,
+        hub_id="Qwen/Qwen2.5-1.5B-Instruct-GGUF",
+        hub_files=("qwen2.5-1.5b-instruct-q4_k_m.gguf",),
+        source_format="gguf",
+        settings={"hidden_size": 1536, "layers": 28, "kv_heads": 2, "head_dim": 128},
+    ),
+    ModelSpec(
+        name="qwen2.5-3b-instruct-q4",
+        role=Role.LLM,
+        description="Qwen2.5-3B-Instruct Q4_K_M (GGUF, download; 36 layers, hidden 2048), run by llama.cpp",
+        licence="Qwen Research License (non-commercial use)",
+        size_bytes=2_104_932_768,
+        hub_id="Qwen/Qwen2.5-3B-Instruct-GGUF",
+        hub_files=("qwen2.5-3b-instruct-q4_k_m.gguf",),
+        source_format="gguf",
+        notes="Unlike the other Qwen2.5 sizes, the 3B's licence allows non-commercial use only.",
+        settings={"hidden_size": 2048, "layers": 36, "kv_heads": 2, "head_dim": 128},
+    ),
+    ModelSpec(
+        name="qwen2.5-7b-instruct-q4",
+        role=Role.LLM,
+        description="Qwen2.5-7B-Instruct Q4_K_M (GGUF in two parts, download; 28 layers, hidden 3584), "
+        "run by llama.cpp",
+        licence="Apache-2.0",
+        size_bytes=3_993_201_344 + 689_872_288,
+        hub_id="Qwen/Qwen2.5-7B-Instruct-GGUF",
+        hub_files=("qwen2.5-7b-instruct-q4_k_m-00001-of-00002.gguf",
+                   "qwen2.5-7b-instruct-q4_k_m-00002-of-00002.gguf"),
+        source_format="gguf",
+        settings={"hidden_size": 3584, "layers": 28, "kv_heads": 4, "head_dim": 128},
     ),
     ModelSpec(
         name="whisper-small",
