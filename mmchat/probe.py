@@ -29,6 +29,27 @@ def physical_cores() -> int:
 
 
 @dataclass(frozen=True)
+class Memory:
+    total: int  # bytes of physical RAM
+    available: int | None  # bytes that programs can take now without swapping (None: unknown here)
+
+
+def memory() -> Memory | None:
+    """This machine's RAM: ``/proc/meminfo`` on Linux (MemAvailable counts the page cache it can drop),
+    the physical pages elsewhere that have them; None where neither answers."""
+    try:
+        with open("/proc/meminfo") as f:
+            fields = {key: int(value.split()[0]) * 1024 for key, value in (line.split(":", 1) for line in f)}
+        return Memory(fields["MemTotal"], fields.get("MemAvailable"))
+    except (OSError, ValueError, KeyError, IndexError):
+        pass
+    try:
+        return Memory(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), None)
+    except (AttributeError, ValueError, OSError):  # Windows has no sysconf
+        return None
+
+
+@dataclass(frozen=True)
 class Probe:
     ok: bool
     reason: str  # why not, or what was found

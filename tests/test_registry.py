@@ -40,3 +40,38 @@ def test_the_new_names_leave_the_hugging_face_entries_as_they_were():
     assert registry.get("qwen2.5-1.5b-instruct").source_format == "hf"
     assert registry.get("qwen2.5-1.5b-instruct-q4").source_format == "gguf"
     assert len({m.name for m in registry.MODELS}) == len(registry.MODELS)
+
+
+def test_the_ram_need_is_the_file_the_kv_cache_at_mmchats_context_and_the_stated_overhead():
+    from mmchat.llm import MAX_CONTEXT_TOKENS, gguf
+
+    assert MAX_CONTEXT_TOKENS == 8192 and gguf.RUNTIME_OVERHEAD_BYTES == 536_870_912
+    # By hand, for the 7B: K and V × 28 layers × 4 KV heads × 128 dims × 2 bytes (f16) = 57 344 bytes a
+    # position; × 8192 positions = 469 762 048; + 4 683 073 632 (both parts) + 536 870 912 overhead.
+    seven = registry.get("qwen2.5-7b-instruct-q4")
+    assert gguf.kv_cache_bytes(seven, tokens=1) == 57_344
+    assert gguf.kv_cache_bytes(seven) == 469_762_048
+    assert gguf.ram_need(seven) == 5_689_706_592
+    # The bundled models' KV caches are what llama.cpp reports making for them (verbose load, n_ctx 8192):
+    # "KV buffer size = 96.00 MiB" for Qwen2.5-Coder-0.5B, "180.00 MiB" for SmolLM2-135M.
+    assert gguf.kv_cache_bytes(registry.get("qwen2.5-coder-0.5b-instruct")) == 96 * 2**20
+    assert gguf.kv_cache_bytes(registry.get("smollm2-135m-instruct")) == 180 * 2**20
+    assert gguf.ram_need(registry.get("qwen2.5-coder-0.5b-instruct")) == 491_400_064 + 96 * 2**20 + 512 * 2**20
+    # 1.5B: 2 × 28 × 2 × 128 × 2 × 8192 = 234 881 024; 3B: 2 × 36 × 2 × 128 × 2 × 8192 = 301 989 888.
+    assert gguf.ram_need(registry.get("qwen2.5-1.5b-instruct-q4")) == 1_117_320_736 + 234_881_024 + 536_870_912
+    assert gguf.ram_need(registry.get("qwen2.5-3b-instruct-q4")) == 2_104_932_768 + 301_989_888 + 536_870_912
+
+
+def test_models_llama_cpp_does_not_run_have_no_ram_need_here():
+    from mmchat.llm import gguf
+
+    assert gguf.ram_need(registry.get("qwen2.5-1.5b-instruct")) is None  # torch: another sum
+    assert gguf.ram_need(registry.get("whisper-base")) is None
+
+
+def test_the_machines_memory_is_probed():
+    from mmchat import probe
+
+    found = probe.memory()
+    assert found is not None and found.total > 2**30
+    assert found.available is None or 0 < found.available <= found.total

@@ -19,6 +19,12 @@ from mmchat.llm import MAX_CONTEXT_TOKENS, PREFILL_CHUNK_TOKENS
 
 JOINED_VERSION = 1  # the joined-GGUF cache's layout (a byte-for-byte join of the package parts)
 GGUF_NAME = "model.gguf"
+KV_VALUE_BYTES = 2  # f16: llama.cpp's default KV cache type, which open_llama keeps
+# llama.cpp's memory besides the file and the KV cache. Measured for the default model at n_ctx 8192
+# and 512-position batches: a 302 MiB compute buffer (mostly one batch's logits over Qwen's 151 936-
+# token vocabulary), 28 MiB of weights repacked for the CPU's matrix kernels, a 0.6 MiB output
+# buffer; rounded up for the library itself and a bigger model's larger activations.
+RUNTIME_OVERHEAD_BYTES = 512 * 2**20
 
 
 def path(spec: registry.ModelSpec, *, progress: Progress | None = None) -> Path:
@@ -33,6 +39,23 @@ def path(spec: registry.ModelSpec, *, progress: Progress | None = None) -> Path:
     return cache.load_or_build(lambda out: join_parts(
         spec.locate_parts(), out / GGUF_NAME, expected_sha256=spec.sha256, desc=f"joining {spec.name}",
         progress=progress)) / GGUF_NAME
+
+
+def kv_cache_bytes(spec: registry.ModelSpec, *, tokens: int = MAX_CONTEXT_TOKENS) -> int:
+    """The KV cache llama.cpp allocates for ``tokens`` positions: a key and a value vector per layer
+    and KV head (``layers``, ``kv_heads`` and ``head_dim`` from the registry), f16 each."""
+    shape = spec.settings
+    return 2 * shape["layers"] * shape["kv_heads"] * shape["head_dim"] * KV_VALUE_BYTES * tokens
+
+
+def ram_need(spec: registry.ModelSpec) -> int | None:
+    """Bytes of RAM chatting with GGUF model ``spec`` needs at mmchat's context: the whole file (memory-
+    mapped; every token reads all of it), the KV cache of :data:`MAX_CONTEXT_TOKENS` positions (what
+    :func:`open_llama` makes, whatever the model was trained for) and :data:`RUNTIME_OVERHEAD_BYTES`.
+    None for a model llama.cpp does not run (torch's memory is another sum)."""
+    if spec.source_format != "gguf":
+        return None
+    return spec.size_bytes + kv_cache_bytes(spec) + RUNTIME_OVERHEAD_BYTES
 
 
 def open_llama(file: Path, *, threads: int, n_ctx: int = MAX_CONTEXT_TOKENS,
