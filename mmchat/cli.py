@@ -564,15 +564,30 @@ def _cmd_models_list(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'name':30} {'role':18} {'state':31} {'size':>9}  licence")
+    print(f"{'name':30} {'role':18} {'state':31} {'size':>9} {'RAM need':>9} {'fits':4}  licence")
     for r in rows:
         default = " *" if r["default"] else ""
-        print(f"{r['name'] + default:30} {r['role']:18} {r['state']:31} {r['size_mb']:>6} MB  {r['licence']}")
+        ram = "" if r["ram_need_mb"] is None else f"{r['ram_need_mb']} MB"
+        fits = {True: "yes", False: "NO", None: ""}[r["fits_ram"]]
+        print(f"{r['name'] + default:30} {r['role']:18} {r['state']:31} {r['size_mb']:>6} MB {ram:>9} {fits:4}  "
+              f"{r['licence']}")
     print("* default. Optional models: `mmchat models fetch NAME`.")
+    print(_ram_footnote(doctor.ram_room()))
     image = doctor.images()
     print(f"Images: {image['encoder']} is active ({'pretrained' if image['pretrained'] else 'untrained: seeded random init'}); "
           f"text in images is read by {image['ocr']}.")
     return 0
+
+
+def _ram_footnote(room: int | None) -> str:
+    from mmchat.llm import MAX_CONTEXT_TOKENS
+    from mmchat.llm.gguf import RUNTIME_OVERHEAD_BYTES
+
+    basis = (f"RAM need: what a chat model on llama.cpp holds (its file, a KV cache of {MAX_CONTEXT_TOKENS} "
+             f"positions, {RUNTIME_OVERHEAD_BYTES // 2**20} MiB of buffers).")
+    if room is None:
+        return basis + "\nThis system does not say how much RAM it has."
+    return basis + f"\nfits: within the {room / 1e9:.1f} GB of RAM available now."
 
 
 def _cmd_models_fetch(args) -> int:

@@ -80,12 +80,33 @@ def _manifest_source(directory) -> str | None:
 
 
 def model_rows() -> list[dict]:
-    return [{
-        "name": m.name, "role": m.role.value, "default": m.default, "state": model_state(m),
-        "licence": m.licence, "size_mb": round(m.size_bytes / 1e6), "sha256": m.sha256,
-        "source": (", ".join(p.requirement for p in m.parts) if m.bundled else f"hub:{m.hub_id}"),
-        "description": m.description,
-    } for m in registry.MODELS]
+    """Every registry model with its state, size and, for a chat model llama.cpp runs, the RAM it needs
+    (:func:`mmchat.llm.gguf.ram_need`) and whether that fits the RAM available now."""
+    from mmchat.llm import gguf
+
+    room = ram_room()
+    rows = []
+    for m in registry.MODELS:
+        need = gguf.ram_need(m) if m.role is registry.Role.LLM else None
+        rows.append({
+            "name": m.name, "role": m.role.value, "default": m.default, "state": model_state(m),
+            "licence": m.licence, "size_mb": round(m.size_bytes / 1e6), "size_bytes": m.size_bytes,
+            "ram_need_mb": None if need is None else round(need / 1e6),
+            "fits_ram": None if need is None or room is None else need <= room,
+            "fetched": download.is_fetched(m.name) if m.hub_id else None,  # None: bundled, nothing to fetch
+            "sha256": m.sha256,
+            "source": (", ".join(p.requirement for p in m.parts) if m.bundled else f"hub:{m.hub_id}"),
+            "description": m.description,
+        })
+    return rows
+
+
+def ram_room() -> int | None:
+    """Bytes of RAM a model may take: what is available now where the system says, else all of it."""
+    found = probe.memory()
+    if found is None:
+        return None
+    return found.available if found.available is not None else found.total
 
 
 def verify_model(spec: registry.ModelSpec) -> tuple[bool, str]:

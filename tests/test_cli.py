@@ -80,3 +80,27 @@ def test_a_bug_in_a_command_leaves_a_crash_report_and_says_where(monkeypatch, ca
     (report,) = (data_dir / "crash-reports").glob("crash-*.txt")
     assert "unexpected error (RuntimeError: boom)" in err and str(report) in err and "Traceback" not in err
     assert 'raise RuntimeError("boom")' in report.read_text()
+
+
+def test_models_list_gives_each_chat_models_size_ram_need_and_whether_it_fits(monkeypatch, tmp_path):
+    from mmchat import doctor, probe
+
+    monkeypatch.setenv("MMCHAT_CACHE_DIR", str(tmp_path))  # nothing fetched
+    monkeypatch.setattr(probe, "memory", lambda: probe.Memory(total=8_000_000_000, available=3_000_000_000))
+    rows = {r["name"]: r for r in doctor.model_rows()}
+    seven, small = rows["qwen2.5-7b-instruct-q4"], rows["qwen2.5-1.5b-instruct-q4"]
+    assert seven["size_bytes"] == 4_683_073_632 and seven["ram_need_mb"] == 5690 and seven["fits_ram"] is False
+    assert small["ram_need_mb"] == 1889 and small["fits_ram"] is True
+    assert seven["state"] == "not fetched" and seven["fetched"] is False
+    assert rows["qwen2.5-coder-0.5b-instruct"]["fetched"] is None  # bundled
+    assert rows["whisper-base"]["ram_need_mb"] is None and rows["whisper-base"]["fits_ram"] is None
+    monkeypatch.setattr(probe, "memory", lambda: probe.Memory(total=8_000_000_000, available=None))
+    assert {r["name"]: r for r in doctor.model_rows()}["qwen2.5-7b-instruct-q4"]["fits_ram"] is True  # the total
+
+    listed = mmchat("models", "list", env={"MMCHAT_CACHE_DIR": str(tmp_path)})
+    assert listed.returncode == 0, listed.stderr
+    header, *lines = listed.stdout.splitlines()
+    assert "RAM need" in header and "fits" in header
+    [row] = [line for line in lines if line.startswith("qwen2.5-7b-instruct-q4 ")]
+    assert "not fetched" in row and "4683 MB" in row and "5690 MB" in row
+    assert "KV cache of 8192 positions" in listed.stdout and "GB of RAM available now" in listed.stdout
