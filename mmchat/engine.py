@@ -122,13 +122,17 @@ def default_threads() -> int:
 
 def llm_runtime(name: str) -> str:
     """The runtime that runs registry LLM ``name`` for chat: llama.cpp for GGUF models, torch for
-    Hugging Face ones (downloaded from the hub) or when ``$MMCHAT_LLM_RUNTIME`` says so."""
+    Hugging Face ones (downloaded from the hub) or, for a bundled GGUF, when ``$MMCHAT_LLM_RUNTIME``
+    says so. A GGUF fetched from the hub runs on llama.cpp only: no torch copy is made of it (the 7B
+    would be 15 GB as bf16)."""
     chosen = os.environ.get(RUNTIME_ENV, "").strip() or RUNTIMES[0]
     if chosen not in RUNTIMES:
         raise MMChatError(f"Unknown LLM runtime {chosen!r} in ${RUNTIME_ENV}.",
                           hint="Use one of: " + ", ".join(RUNTIMES))
     spec = registry.get(name)
-    return chosen if spec.source_format == "gguf" and spec.bundled else "torch"
+    if spec.source_format != "gguf":
+        return "torch"
+    return chosen if spec.bundled else "llama.cpp"
 
 
 def _llm_loader(threads: int | None):

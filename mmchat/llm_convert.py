@@ -40,6 +40,10 @@ def model_dir(spec: ModelSpec, *, progress: Progress | None = None) -> Path:
             raise ValueError(f"{spec.name}: cannot convert {spec.source_format!r} into an LLM")
         cache = ConversionCache(spec.name, spec.sha256 or "", CONVERTER_VERSION)
         return cache.load_or_build(lambda out: convert_gguf(spec, out, progress=progress))
+    if spec.source_format == "gguf":
+        raise MMChatError(f"{spec.name} runs on llama.cpp only: mmchat makes no torch copy of a fetched GGUF, "
+                          "and training fusion needs one.",
+                          hint="Train fusion for a bundled model or a Hugging Face download instead.")
     return hub_dir(spec)
 
 

@@ -133,9 +133,11 @@ def test_threads_default_to_the_physical_cores_and_can_be_set(monkeypatch):
 def test_gguf_models_run_on_llama_cpp_unless_torch_is_asked_for(monkeypatch):
     monkeypatch.delenv(RUNTIME_ENV, raising=False)
     assert llm_runtime("qwen2.5-coder-0.5b-instruct") == "llama.cpp"
+    assert llm_runtime("qwen2.5-7b-instruct-q4") == "llama.cpp"  # fetched or not: its fetch is a GGUF
     assert llm_runtime("qwen2.5-0.5b-instruct") == "torch"  # a Hugging Face download: no GGUF
     monkeypatch.setenv(RUNTIME_ENV, "torch")
     assert llm_runtime("qwen2.5-coder-0.5b-instruct") == "torch"
+    assert llm_runtime("qwen2.5-3b-instruct-q4") == "llama.cpp"  # no torch copy is made of a fetched GGUF
     monkeypatch.setenv(RUNTIME_ENV, "vllm")
     with pytest.raises(MMChatError, match="Unknown LLM runtime"):
         llm_runtime("qwen2.5-coder-0.5b-instruct")
@@ -201,3 +203,88 @@ def test_opening_ahead_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+# -- GGUF models fetched from the hub (a fake hub: nothing is downloaded) ----------------------------
+@pytest.fixture
+def models_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMCHAT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def split_smollm(tmp_path_factory):
+    """The bundled SmolLM2-135M GGUF rewritten as a two-part split GGUF, as the 7B is published (no real
+    split GGUF is small enough to ship): {part number: bytes}."""
+    import gguf as gguf_py
+    from gguf.scripts.gguf_new_metadata import copy_with_new_metadata
+
+    from mmchat import registry
+
+    reader = gguf_py.GGUFReader(registry.get("smollm2-135m-instruct").locate_parts()[0])
+    out = tmp_path_factory.mktemp("split") / "smollm.gguf"
+    writer = gguf_py.GGUFWriter(out, reader.fields["general.architecture"].contents(),
+                                split_max_tensors=len(reader.tensors) // 2 + 1)
+    copy_with_new_metadata(reader, writer, {}, [])
+    return {n: (out.parent / f"smollm-{n:05d}-of-00002.gguf").read_bytes() for n in (1, 2)}
+
+
+def test_an_unfetched_gguf_says_how_to_fetch_it(models_cache):
+    with pytest.raises(MMChatError, match="qwen2.5-3b-instruct-q4 is not fetched yet") as info:
+        LlamaCppLLM.load("qwen2.5-3b-instruct-q4", threads=1)
+    assert "mmchat models fetch qwen2.5-3b-instruct-q4" in str(info.value)
+
+
+def test_a_fetched_gguf_is_its_hub_file_and_a_damaged_one_is_fetched_again(models_cache):
+    from test_download import FakeHub
+
+    from mmchat import download, registry
+    from mmchat.llm import gguf
+
+    spec = registry.get("qwen2.5-1.5b-instruct-q4")
+    download.fetch_model(spec.name, hub=FakeHub({"qwen2.5-1.5b-instruct-q4_k_m.gguf": b"GGUF" + bytes(4096)}))
+    assert gguf.path(spec) == download.hub_dir(spec.name) / "qwen2.5-1.5b-instruct-q4_k_m.gguf"
+    with open(gguf.path(spec), "ab") as f:
+        f.write(b"more")  # no longer the size the hub gave
+    with pytest.raises(MMChatError, match="incompletely fetched or damaged") as info:
+        gguf.path(spec)
+    assert "mmchat models fetch qwen2.5-1.5b-instruct-q4" in str(info.value)
+
+
+def test_a_fetched_split_gguf_runs_on_llama_cpp_from_its_first_part(models_cache, split_smollm):
+    """The 7B entry fetched (its two file names serving a real split GGUF): the engine's loader opens the
+    first part, llama.cpp finds the second beside it, and the model answers."""
+    from test_download import FakeHub
+
+    from mmchat import download, registry
+    from mmchat.engine import Engine
+    from mmchat.llm import gguf
+
+    spec = registry.get("qwen2.5-7b-instruct-q4")
+    first, second = spec.hub_files
+    download.fetch_model(spec.name, hub=FakeHub({first: split_smollm[1], second: split_smollm[2]}))
+    assert gguf.path(spec) == download.hub_dir(spec.name) / first
+    llm = Engine(llm=spec.name, llm_threads=1).llm
+    assert isinstance(llm, LlamaCppLLM) and llm.name == spec.name and llm.path == gguf.path(spec)
+    assert llm.hidden_size == 576  # SmolLM's (llama.cpp refuses a split GGUF with a part missing)
+    reply = llm.generate(FRANCE, config=GREEDY)
+    assert reply.strip() and llm.last_stats.generated_tokens > 0
+
+
+def test_a_fetched_gguf_llama_cpp_cannot_load_is_fetched_again(models_cache):
+    from test_download import FakeHub
+
+    from mmchat import download
+
+    name = "qwen2.5-1.5b-instruct-q4"
+    download.fetch_model(name, hub=FakeHub({"qwen2.5-1.5b-instruct-q4_k_m.gguf": b"GGUF" + bytes(4096)}))
+    with pytest.raises(MMChatError, match="could not load") as info:
+        LlamaCppLLM.load(name, threads=1)
+    assert f"mmchat models fetch {name}" in str(info.value) and "Reinstall" not in str(info.value)
+
+
+def test_a_fetched_gguf_has_no_torch_copy_for_fusion_training_and_says_so():
+    from mmchat import registry
+    from mmchat.llm_convert import model_dir
+
+    with pytest.raises(MMChatError, match="runs on llama.cpp only.*training fusion needs one"):
+        model_dir(registry.get("qwen2.5-7b-instruct-q4"))

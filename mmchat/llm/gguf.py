@@ -12,7 +12,7 @@ import threading
 from concurrent.futures import Future
 from pathlib import Path
 
-from mmchat import registry
+from mmchat import download, registry
 from mmchat.cache import ConversionCache, Progress, join_parts
 from mmchat.errors import MMChatError
 from mmchat.llm import MAX_CONTEXT_TOKENS, PREFILL_CHUNK_TOKENS
@@ -25,13 +25,17 @@ KV_VALUE_BYTES = 2  # f16: llama.cpp's default KV cache type, which open_llama k
 # token vocabulary), 28 MiB of weights repacked for the CPU's matrix kernels, a 0.6 MiB output
 # buffer; rounded up for the library itself and a bigger model's larger activations.
 RUNTIME_OVERHEAD_BYTES = 512 * 2**20
+REINSTALL_HINT = "Reinstall the model packages: the README's setup command does this."
 
 
 def path(spec: registry.ModelSpec, *, progress: Progress | None = None) -> Path:
-    """The registry model's GGUF file: the package's own file, or its parts joined once into the cache."""
-    if spec.source_format != "gguf" or not spec.bundled:
+    """The registry model's GGUF file: the package's own file, its parts joined once into the cache, or
+    the file fetched from the hub (of a split GGUF the first part: llama.cpp finds the rest beside it)."""
+    if spec.source_format != "gguf":
         raise MMChatError(f"{spec.name} is not a GGUF model, which llama.cpp needs.",
                           hint="Choose a GGUF model, or the torch runtime (MMCHAT_LLM_RUNTIME=torch).")
+    if not spec.bundled:
+        return _fetched(spec)
     if len(spec.parts) == 1:
         return spec.verified_parts(registry.Role.LLM)[0]
     # Its own subfolder: the de-quantised torch copy's cache drops other versions beside it.
@@ -39,6 +43,23 @@ def path(spec: registry.ModelSpec, *, progress: Progress | None = None) -> Path:
     return cache.load_or_build(lambda out: join_parts(
         spec.locate_parts(), out / GGUF_NAME, expected_sha256=spec.sha256, desc=f"joining {spec.name}",
         progress=progress)) / GGUF_NAME
+
+
+def _fetched(spec: registry.ModelSpec) -> Path:
+    """The first hub file of a fetched GGUF model. Checked as every fetched model is at load (the fetch's
+    manifest, each file at its size); ``mmchat models verify`` hashes them."""
+    if not download.is_fetched(spec.name):
+        state = "incompletely fetched or damaged" if download.hub_dir(spec.name).exists() else "not fetched yet"
+        raise MMChatError(f"{spec.name} is {state} ({spec.size_bytes / 1e9:.1f} GB from {spec.hub_id}).",
+                          hint=f"Fetch it with: mmchat models fetch {spec.name}")
+    return download.hub_dir(spec.name) / spec.hub_files[0]
+
+
+def repair_hint(spec: registry.ModelSpec) -> str:
+    """What to do about a model file llama.cpp cannot load: a package's is reinstalled, a fetch redone."""
+    if spec.bundled:
+        return REINSTALL_HINT
+    return f"Fetch it again with: mmchat models fetch {spec.name} (mmchat models verify {spec.name} checks it)"
 
 
 def kv_cache_bytes(spec: registry.ModelSpec, *, tokens: int = MAX_CONTEXT_TOKENS) -> int:
@@ -59,8 +80,8 @@ def ram_need(spec: registry.ModelSpec) -> int | None:
 
 
 def open_llama(file: Path, *, threads: int, n_ctx: int = MAX_CONTEXT_TOKENS,
-               n_batch: int = PREFILL_CHUNK_TOKENS):
-    """llama-cpp-python's ``Llama`` on ``file`` (memory-mapped), or a clear error."""
+               n_batch: int = PREFILL_CHUNK_TOKENS, hint: str = REINSTALL_HINT):
+    """llama-cpp-python's ``Llama`` on ``file`` (memory-mapped), or a clear error with ``hint``."""
     try:
         from llama_cpp import Llama
     except ImportError as exc:
@@ -70,8 +91,7 @@ def open_llama(file: Path, *, threads: int, n_ctx: int = MAX_CONTEXT_TOKENS,
         return Llama(model_path=str(file), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=threads,
                      n_threads_batch=threads, use_mmap=True, verbose=False)
     except (ValueError, RuntimeError, OSError) as exc:  # llama-cpp-python's "Failed to load model"
-        raise MMChatError(f"llama.cpp could not load {file} ({exc}).",
-                          hint="Reinstall the model packages: the README's setup command does this.") from None
+        raise MMChatError(f"llama.cpp could not load {file} ({exc}).", hint=hint) from None
 
 
 _opened: dict[tuple[str, int], Future] = {}
@@ -90,8 +110,9 @@ def open_ahead(name: str, *, threads: int) -> None:
 
     def run() -> None:
         try:
-            file = path(registry.get(name))
-            future.set_result((file, open_llama(file, threads=threads)))
+            spec = registry.get(name)
+            file = path(spec)
+            future.set_result((file, open_llama(file, threads=threads, hint=repair_hint(spec))))
         except BaseException as exc:  # handed to whoever takes it
             future.set_exception(exc)
 

@@ -78,13 +78,16 @@ class LlamaCppLLM(ChatModel):
         if opened is not None:
             path, llama = opened
             return cls(name=spec.name, llama=llama, path=path, threads=threads)
-        return cls.from_file(gguf.path(spec, progress=progress), name=spec.name, threads=threads)
+        return cls.from_file(gguf.path(spec, progress=progress), name=spec.name, threads=threads,
+                             hint=gguf.repair_hint(spec))
 
     @classmethod
-    def from_file(cls, path: Path, *, name: str | None = None, threads: int | None = None) -> LlamaCppLLM:
+    def from_file(cls, path: Path, *, name: str | None = None, threads: int | None = None,
+                  hint: str = gguf.REINSTALL_HINT) -> LlamaCppLLM:
+        """``path`` opened in llama.cpp; ``hint`` says what to do if it cannot be."""
         threads = threads or probe.physical_cores()
         started = time.perf_counter()
-        llama = gguf.open_llama(path, threads=threads)
+        llama = gguf.open_llama(path, threads=threads, hint=hint)
         log.info("loaded %s on llama.cpp (%d threads) in %.1f s", path, threads, time.perf_counter() - started)
         return cls(name=name or path.stem, llama=llama, path=path, threads=threads)
 
