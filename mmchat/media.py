@@ -22,12 +22,11 @@ import numpy as np
 import torch
 
 from mmchat import fusion as fusion_mod
-from mmchat import paths
+from mmchat import paths, registry
 from mmchat.errors import MMChatError
 
 log = logging.getLogger(__name__)
 
-TRAIN_HINT = "run `mmchat train-fusion`"
 # Said after the user's words in a turn with images: measured with Qwen2.5-0.5B, a note after the
 # question is followed where the same words before it are not (see mmchat.memory.turn_reminder).
 IMAGE_REMINDER = "Answer from the image data above."
@@ -70,12 +69,20 @@ class MediaEncoder:
     """Turns images and clips into prompt parts, through fusion where it is usable."""
 
     def __init__(self, engine, *, fusion: fusion_mod.Fusion | None = None, image_fusion: bool = False,
-                 audio_fusion: bool = False, reason: str = "") -> None:
+                 audio_fusion: bool = False, image_reason: str = "", audio_reason: str = "") -> None:
         self.engine = engine
         self.fusion = fusion
         self.image_fusion = image_fusion and fusion is not None
         self.audio_fusion = audio_fusion and fusion is not None
-        self.reason = reason  # why a modality is not fused, for the notes
+        # Why a modality is not fused: an image turn says its reason (a voice turn's transcript is
+        # what the user reviewed and sent, so it needs no note).
+        self.image_reason = image_reason
+        self.audio_reason = audio_reason
+
+    @property
+    def reason(self) -> str:
+        """Why either modality is not fused ("" when both are)."""
+        return "; ".join(dict.fromkeys(r for r in (self.image_reason, self.audio_reason) if r))
 
     # -- images ----------------------------------------------------------------------------------
     def image(self, image, *, index: int) -> MediaPart:
@@ -110,6 +117,9 @@ class MediaEncoder:
         if encoder is not None and not encoder.trained:
             notes.append("image encoder untrained (seeded random CLIP): objects are not named, colours and text "
                          "are (run `mmchat models fetch clip-vit-b-32`, then `mmchat train-fusion`)")
+        if not self.image_fusion and self.image_reason:
+            notes.append(f"Pictures reach {self.engine.llm.name} as words only (what the image encoder and OCR "
+                         f"found), without fusion tokens: {self.image_reason}.")
         return MediaPart(text, tensors, "\n".join(notes), _reminder(found))
 
     def _encode(self, encoder, image, problems: list[str]):
@@ -185,23 +195,36 @@ def media_encoder(engine, *, image: bool = True, audio: bool = True) -> MediaEnc
     image_name = engine.model_name("image")
     directory = find_checkpoint(llm.name, image_name)
     if directory is None:
-        return MediaEncoder(engine, reason=f"no fusion checkpoint for {llm.name}")
+        why = f"no fusion projector is trained for it ({_train_hint(llm.name)})"
+        return MediaEncoder(engine, image_reason=why, audio_reason=why)
     try:
         fusion = fusion_mod.load(directory, llm=llm.name, hidden_size=llm.hidden_size, embed=llm.embed)
     except MMChatError as exc:
         log.warning("fusion checkpoint %s unusable: %s", directory, exc)
-        return MediaEncoder(engine, reason=str(exc).split("\n")[0].rstrip("."))
+        why = str(exc).split("\n")[0].rstrip(".")
+        return MediaEncoder(engine, image_reason=why, audio_reason=why)
     cfg = fusion.config
     image_ok = image and _image_matches(engine, cfg)
     audio_fp = engine.whisper.fingerprint if audio else None
     audio_ok = audio and (not cfg.audio_fingerprint or cfg.audio_fingerprint == audio_fp)
-    reasons = []
-    if image and not image_ok:
-        reasons.append(f"no fusion checkpoint was trained for the image encoder {image_name}")
+    image_reason = audio_reason = ""
+    if not image:
+        image_reason = "image fusion is off in settings"
+    elif not image_ok:
+        image_reason = f"no fusion checkpoint was trained for the image encoder {image_name}"
     if audio and not audio_ok:
-        reasons.append("the fusion checkpoint was trained against a different speech encoder")
+        audio_reason = "the fusion checkpoint was trained against a different speech encoder"
     return MediaEncoder(engine, fusion=fusion, image_fusion=image_ok, audio_fusion=audio_ok,
-                        reason="; ".join(reasons) or ("image fusion is off in settings" if not image else ""))
+                        image_reason=image_reason, audio_reason=audio_reason)
+
+
+def _train_hint(llm_name: str) -> str:
+    """How to get a projector for this LLM: training, unless it is a fetched GGUF (no torch copy to train
+    through, see :func:`mmchat.engine.llm_runtime`)."""
+    spec = next((m for m in registry.MODELS if m.name == llm_name), None)  # None: a stand-in LLM (the demo's)
+    if spec is not None and spec.source_format == "gguf" and not spec.bundled:
+        return "mmchat trains projectors only for bundled models and Hugging Face downloads"
+    return f"run `mmchat train-fusion --model {llm_name}` to train one"
 
 
 def _image_matches(engine, cfg: fusion_mod.FusionConfig) -> bool:

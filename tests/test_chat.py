@@ -124,6 +124,44 @@ def test_the_random_clip_says_it_is_untrained_and_names_nothing(store):
     assert reply.strip() and done.message.status == "complete"
 
 
+def test_pictures_reach_a_model_without_a_projector_as_words_and_the_turn_says_so_once(store):
+    """A fetched 7B has no fusion projector (none is trained for it, nor can be: no torch copy): its
+    image turns carry the evidence text and no fusion tokens, and the first one says so."""
+    from mmchat.llm import MEDIA_PLACEHOLDER
+    from mmchat_ui.demo import DemoEngine, DemoLLM
+
+    llm = DemoLLM("A red disc.", name="qwen2.5-7b-instruct-q4")
+    session = ChatSession(DemoEngine(llm), store, generation=GREEDY)
+    image = Image.new("RGB", (224, 224), "white")
+    ImageDraw.Draw(image).ellipse((60, 60, 160, 160), fill="red")
+    events, reply, _ = run(session.send("What colour is the shape?", images=[image]))
+    [notice] = [e.text for e in events if e.kind == "notice"]
+    assert "Pictures reach qwen2.5-7b-instruct-q4 as words only" in notice
+    assert "no fusion projector is trained for it" in notice and "only for bundled models" in notice
+    prompt = llm.prompts[-1][-1]["content"]
+    assert "<image-data id=1>" in prompt and "red" in prompt and MEDIA_PLACEHOLDER not in prompt
+    assert llm.media[-1] == [] and reply == "A red disc."
+    events, _, _ = run(session.send("And its size?", images=[image.rotate(90)]))
+    assert not [e for e in events if e.kind == "notice"]  # said once a session
+
+
+@pytest.mark.slow
+def test_a_bundled_model_without_a_projector_answers_from_the_evidence_and_says_how_to_train_one(store):
+    """SmolLM2-135M, the other bundled LLM, has no shipped fusion checkpoint: a real turn with a picture."""
+    from mmchat.engine import Engine
+
+    image = Image.new("RGB", (224, 224), "white")
+    ImageDraw.Draw(image).ellipse((60, 60, 160, 160), fill="red")
+    session = ChatSession(Engine(llm="smollm2-135m-instruct"), store, generation=GREEDY)
+    events, reply, done = run(session.send("What colour is the shape?", images=[image]))
+    notices = [e.text for e in events if e.kind == "notice"]
+    assert any("Pictures reach smollm2-135m-instruct as words only" in n and "mmchat train-fusion --model smollm2-135m-instruct" in n
+               for n in notices), notices
+    prompt, media, _ = session._prompt(session.history())
+    assert "red" in prompt[1]["content"] and media == []
+    assert reply.strip() and done.message.status == "complete"
+
+
 def test_bad_image_raises_before_anything_is_stored(store, tmp_path):
     bad = tmp_path / "fake.png"
     bad.write_text("not an image")
