@@ -196,7 +196,7 @@ class ChatSession:
                     first_token_s = time.monotonic() - started
                 chunks.append(chunk)
                 yield ChatEvent("token", chunk)
-            if dropped := getattr(llm.last_stats, "dropped_messages", 0):
+            if llm.last_stats is not None and (dropped := llm.last_stats.dropped_messages):
                 yield ChatEvent("notice", f"This conversation is longer than {llm.name} can read at once: its "
                                           f"{dropped} oldest message{'s were' if dropped > 1 else ' was'} left out "
                                           "of this reply (they are still here).")

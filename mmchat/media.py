@@ -190,8 +190,8 @@ def media_encoder(engine, *, image: bool = True, audio: bool = True) -> MediaEnc
     LLM and encoders (and the setting allows it), evidence and transcripts alone otherwise."""
     llm = engine.llm
     if llm.hidden_size is None:  # a chat server: the chat-completions API carries text only
-        return MediaEncoder(engine, reason=f"{llm.name} is a chat server, which takes text: pictures and voice "
-                                           "reach it as words (what the encoders found), without fusion tokens")
+        why = "it is a chat server, and the chat-completions API carries text only"
+        return MediaEncoder(engine, image_reason=why, audio_reason=why)
     image_name = engine.model_name("image")
     directory = find_checkpoint(llm.name, image_name)
     if directory is None:

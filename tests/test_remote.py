@@ -17,6 +17,7 @@ import pytest
 from benchmarks.remote import LlamaServer, free_port
 from mmchat import registry
 from mmchat.chat import ChatSession
+from mmchat.context import MEDIA_PLACEHOLDER
 from mmchat.engine import Engine
 from mmchat.llm import GenerationConfig
 from mmchat.llm.gguf import path as gguf_path
@@ -188,12 +189,13 @@ class _Fake(http.server.BaseHTTPRequestHandler):
     """A server that answers the model list, then whatever the test set as ``reply``."""
 
     reply: tuple[int, str, bytes] = (200, "text/event-stream", b"")
+    requests: list = []  # the bodies posted
 
     def do_GET(self):  # noqa: N802
         self._answer(200, "application/json", json.dumps({"data": [{"id": "fake"}]}).encode())
 
     def do_POST(self):  # noqa: N802
-        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).requests.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
         self._answer(*type(self).reply)
 
     def _answer(self, status, content_type, body):
@@ -209,7 +211,7 @@ class _Fake(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake():
-    handler = type("Handler", (_Fake,), {})
+    handler = type("Handler", (_Fake,), {"requests": []})
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield handler, f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -293,3 +295,19 @@ def test_the_api_key_comes_from_the_keyring_when_the_environment_has_none(monkey
         assert api_key("http://10.0.0.5:8000") == "from-env"
     finally:
         keyring.set_keyring(previous)
+
+
+def test_a_picture_reaches_a_server_as_words_and_the_chat_says_so(fake):
+    from skimage import data
+    from PIL import Image
+
+    handler, url = fake
+    handler.reply = (200, "text/event-stream", _event("A cat.") + b"data: [DONE]\n\n")
+    session = _session(url)
+    events = list(session.send("What animal is this?", images=[Image.fromarray(data.chelsea())]))
+    notes = [e.text for e in events if e.kind == "notice"]
+    assert any("as words only" in n and "chat server" in n for n in notes), notes
+    prompt = handler.requests[-1]["messages"][-1]["content"]
+    assert "cat" in prompt.lower() and "What animal is this?" in prompt  # the encoder's evidence, in words
+    assert MEDIA_PLACEHOLDER not in prompt  # no media slot went over the wire
+    assert session.history()[-1].content == "A cat."

@@ -177,6 +177,7 @@ class DiskFillingLLM:
         self._inner = DemoLLM("A reply that will not fit on the disk. " + "More words. " * 1500)
         self.store = store
         self.name, self.hidden_size, self.dtype = "demo-llm", 896, None
+        self.last_stats = None
 
     def stream(self, messages, **kwargs):
         for i, word in enumerate(self._inner.stream(messages, **kwargs)):

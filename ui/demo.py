@@ -38,6 +38,7 @@ class DemoLLM:
 
     hidden_size = 896
     dtype = None
+    last_stats = None  # nothing measured: no prompt is fitted, so nothing is ever left out
 
     def __init__(self, reply: Callable[[list[dict]], str] | str = "Hello! How can I help?", *,
                  delay_s: float = 0.0, name: str = "demo-llm") -> None:
