@@ -564,12 +564,13 @@ def _cmd_models_list(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'name':30} {'role':18} {'state':31} {'size':>9} {'RAM need':>9} {'fits':4}  licence")
+    state = max(len(r["state"]) for r in rows)  # the column as wide as its longest entry
+    print(f"{'name':30} {'role':18} {'state':{state}} {'size':>9} {'RAM need':>9} {'fits':4}  licence")
     for r in rows:
         default = " *" if r["default"] else ""
         ram = "" if r["ram_need_mb"] is None else f"{r['ram_need_mb']} MB"
         fits = {True: "yes", False: "NO", None: ""}[r["fits_ram"]]
-        print(f"{r['name'] + default:30} {r['role']:18} {r['state']:31} {r['size_mb']:>6} MB {ram:>9} {fits:4}  "
+        print(f"{r['name'] + default:30} {r['role']:18} {r['state']:{state}} {r['size_mb']:>6} MB {ram:>9} {fits:4}  "
               f"{r['licence']}")
     print("* default. Optional models: `mmchat models fetch NAME`.")
     print(_ram_footnote(doctor.ram_room()))
