@@ -24,11 +24,11 @@ import numpy as np
 from mmchat.context import MEDIA_PLACEHOLDER
 from mmchat.engine import Engine
 from mmchat.errors import MMChatError
-from mmchat.media import MediaEncoder, MediaPart, media_encoder
 from mmchat.store import Attachment, ConversationStore, Message
 
 if TYPE_CHECKING:
     from mmchat.feedback import FeedbackResult
+    from mmchat.media import MediaEncoder, MediaPart
     from mmchat.memory import MemoryService
     from mmchat.profile import Memory
 
@@ -81,6 +81,8 @@ class ChatSession:
     def media(self) -> MediaEncoder:
         """Fusion where a checkpoint matches the loaded models, words otherwise, decided on first use:
         ``media`` may be a factory, so a text-only chat never loads the image encoder."""
+        from mmchat.media import MediaEncoder, media_encoder  # torch: imported for the first picture or clip
+
         if self._media is None:
             self._media = media_encoder(self.engine)
         elif not isinstance(self._media, MediaEncoder):

@@ -359,13 +359,14 @@ def test_prefix_cache_reuse_gives_the_cold_output(llm):
 
 def test_seeded_sampling_is_reproducible(llm):
     messages = [{"role": "user", "content": "Say something about the sea."}]
-    config = GenerationConfig(temperature=0.9, max_new_tokens=12, seed=1234)
     replies = []
-    for _ in range(2):
+    for seed in (1, 2, 3, 4, 5, 1):
         llm.reset_cache()  # same cache state: reused bf16 KV entries can shift near-tied draws
-        replies.append(llm.generate(messages, config=config))
-    assert replies[0] == replies[1]
-    assert "sea" in replies[0].lower() or "ocean" in replies[0].lower()
+        replies.append(llm.generate(messages, config=GenerationConfig(temperature=0.9, max_new_tokens=12, seed=seed)))
+    assert replies[0] == replies[-1]
+    assert len(set(replies[:5])) > 2  # other seeds, other draws
+    # Sampled, yet on topic: at 0.9 a 0.5B model now and then opens with a greeting instead.
+    assert sum("sea" in r.lower() or "ocean" in r.lower() for r in replies[:5]) >= 3, replies
 
 
 def test_detokenizer_never_yields_partial_characters(llm):

@@ -3,6 +3,9 @@ window, the chat template, media rows (already projected into the LLM's embeddin
 text tokens, and the decoding loop, which checks a Stop flag every token and detokenises
 incrementally, never yielding a broken character. A runtime gives the model's side: rendering,
 token ids, prefill and one decoded token (:mod:`mmchat.llm.llamacpp`, :mod:`mmchat.llm.torch_runtime`).
+
+Text goes through here as numpy (token ids, logits, sampling), so a text-only chat on llama.cpp never
+imports torch (about a second of ``chat --once``); media rows are torch tensors, made by torch encoders.
 """
 
 from __future__ import annotations
@@ -11,21 +14,26 @@ import hashlib
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 
 from mmchat.context import MEDIA_PLACEHOLDER, count_placeholders, fit_messages
 from mmchat.llm import MAX_CONTEXT_TOKENS, PREFILL_CHUNK_TOKENS  # noqa: F401  (the runtimes' limits)
 from mmchat.llm.config import GenerationConfig, GenerationStats
+
+if TYPE_CHECKING:
+    import torch
 
 FIT_ATTEMPTS = 3  # re-fits when the rendered template costs more than estimated
 
 
 @dataclass
 class _Prompt:
-    """A prompt as pieces (1-D token ids or 2-D media rows) and one comparable key per position."""
+    """A prompt as pieces (1-D int64 arrays of token ids, or 2-D tensors of media rows) and one
+    comparable key per position."""
 
-    pieces: list[torch.Tensor]
+    pieces: list[np.ndarray | torch.Tensor]
     keys: list  # token id, or (media digest, row) for a media row
     dropped_messages: int
 
@@ -58,8 +66,8 @@ class ChatModel:
         """Prefill and decode (a generator: nothing runs until the first ``next``)."""
         raise NotImplementedError
 
-    def _forward_token(self, cache, token: int) -> torch.Tensor:
-        """The logits after feeding ``token`` at the next position."""
+    def _forward_token(self, cache, token: int) -> np.ndarray:
+        """The logits (float32) after feeding ``token`` at the next position."""
         raise NotImplementedError
 
     def _detokenizer(self):
@@ -74,6 +82,8 @@ class ChatModel:
 
     def encode(self, text: str) -> torch.Tensor:
         """Token ids of ``text`` (no special tokens added), as a 1-D int64 tensor."""
+        import torch
+
         return torch.tensor(self._ids(text), dtype=torch.long)
 
     # ----------------------------------------------------------------- generation
@@ -105,7 +115,7 @@ class ChatModel:
             raise ValueError(f"media must be (k, {self.hidden_size}) tensors, got {tuple(rows.shape)}")
         return rows.detach().to(device="cpu", dtype=self.dtype).contiguous()
 
-    def _decode(self, cache, keys: list, logits: torch.Tensor, *, prompt: _Prompt, config: GenerationConfig,
+    def _decode(self, cache, keys: list, logits: np.ndarray, *, prompt: _Prompt, config: GenerationConfig,
                 stop: threading.Event | None, state: dict) -> Iterator[str]:
         """Sample, yield text, feed the token back (:meth:`_forward_token`, whose ``cache`` is the runtime's
         own); ``state`` records the count and why it ended."""
@@ -162,9 +172,11 @@ class ChatModel:
         for i, segment in enumerate(segments):
             if segment:
                 ids = self._ids(segment)
-                pieces.append(torch.tensor(ids, dtype=torch.long))
+                pieces.append(np.asarray(ids, dtype=np.int64))
                 keys.extend(ids)
             if i < len(kept_media):
+                import torch  # loaded already: the media rows are its tensors
+
                 rows = kept_media[i]
                 digest = hashlib.blake2b(rows.view(torch.uint8).numpy().tobytes(), digest_size=16).digest()
                 pieces.append(rows)
@@ -173,33 +185,37 @@ class ChatModel:
 
 
 class _Sampler:
-    """Repetition penalty, then greedy or temperature / top-k / top-p sampling."""
+    """Repetition penalty, then greedy or temperature / top-k / top-p sampling (numpy: the logits
+    come from llama.cpp as an array; the torch runtime hands over a float32 copy)."""
 
     def __init__(self, config: GenerationConfig, prompt_ids: list[int]) -> None:
         self.config = config
-        self.generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
+        self.rng = np.random.default_rng(config.seed)  # None: fresh entropy
         self.seen = set(prompt_ids)
-        self.seen_ids = torch.tensor(sorted(self.seen), dtype=torch.long)
+        self.seen_ids = np.array(sorted(self.seen), dtype=np.int64)
 
     def observe(self, token: int) -> None:
         if token not in self.seen:
             self.seen.add(token)
-            self.seen_ids = torch.cat([self.seen_ids, torch.tensor([token])])
+            self.seen_ids = np.append(self.seen_ids, token)
 
-    @torch.inference_mode()
-    def sample(self, logits: torch.Tensor) -> int:
+    def sample(self, logits: np.ndarray) -> int:
+        """The next token; ``logits`` (the caller's own copy) is changed in place."""
         c = self.config
         if c.repetition_penalty != 1.0 and len(self.seen_ids):
             score = logits[self.seen_ids]
-            logits[self.seen_ids] = torch.where(score < 0, score * c.repetition_penalty, score / c.repetition_penalty)
+            logits[self.seen_ids] = np.where(score < 0, score * c.repetition_penalty, score / c.repetition_penalty)
         if c.temperature == 0:
-            return int(logits.argmax())
-        if c.top_k > 0:
-            values, indices = torch.topk(logits, min(c.top_k, logits.numel()))
+            return int(logits.argmax())  # the first of equal maxima, as torch's argmax
+        if 0 < c.top_k < logits.size:
+            indices = np.argpartition(logits, -c.top_k)[-c.top_k:]
         else:
-            values, indices = torch.sort(logits, descending=True)
-        probs = torch.softmax(values / c.temperature, dim=-1)
+            indices = np.arange(logits.size)
+        indices = indices[np.argsort(-logits[indices], kind="stable")]  # most likely first
+        values = logits[indices].astype(np.float64) / c.temperature
+        probs = np.exp(values - values[0])
+        probs /= probs.sum()
         if c.top_p < 1.0:
-            probs = probs * ((probs.cumsum(0) - probs) < c.top_p)  # always keeps the top token
-        choice = torch.multinomial(probs, 1, generator=self.generator)
-        return int(indices[choice])
+            probs = probs * ((np.cumsum(probs) - probs) < c.top_p)  # always keeps the top token
+            probs /= probs.sum()
+        return int(indices[self.rng.choice(len(probs), p=probs)])

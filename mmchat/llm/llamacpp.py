@@ -23,9 +23,9 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from mmchat import probe, registry
 from mmchat.cache import Progress
@@ -33,6 +33,9 @@ from mmchat.errors import MMChatError
 from mmchat.llm import gguf
 from mmchat.llm.base import (MAX_CONTEXT_TOKENS, PREFILL_CHUNK_TOKENS, ChatModel, GenerationConfig, GenerationStats,
                              _Prompt)
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,6 @@ class LlamaCppLLM(ChatModel):
         self.n_vocab: int = llama.n_vocab()
         # The window it was trained for, if smaller than the context made for it (MAX_CONTEXT_TOKENS).
         self.context_length: int = min(llama.n_ctx(), llama_cpp.llama_model_n_ctx_train(llama.model))
-        self.dtype = torch.float32  # what llama.cpp takes embeddings in
         self.last_stats: GenerationStats | None = None
         special = {key: llama.detokenize([token], special=True).decode("utf-8", "replace")
                    for key, token in (("bos_token", llama.token_bos()), ("eos_token", llama.token_eos()))
@@ -102,6 +104,13 @@ class LlamaCppLLM(ChatModel):
     @functools.cached_property
     def _embedding(self) -> _TokenEmbedding:
         return _TokenEmbedding(self.path)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """What llama.cpp takes embedding rows in (torch's: media rows are torch tensors)."""
+        import torch
+
+        return torch.float32
 
     def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings of ``token_ids`` (any shape) -> ``(*shape, hidden_size)``: the GGUF's rows,
@@ -166,7 +175,7 @@ class LlamaCppLLM(ChatModel):
             del self._keys[common:]
         return common
 
-    def _prefill(self, prompt: _Prompt, *, stop: threading.Event | None) -> torch.Tensor | None:
+    def _prefill(self, prompt: _Prompt, *, stop: threading.Event | None) -> np.ndarray | None:
         """Run the prompt positions not yet in the cache; the last one's logits, or None if stopped."""
         start, position = len(self._keys), 0
         for piece in prompt.pieces:
@@ -180,22 +189,27 @@ class LlamaCppLLM(ChatModel):
             position = end
         return self._logits()
 
-    def _forward_token(self, cache, token: int) -> torch.Tensor:
+    def _forward_token(self, cache, token: int) -> np.ndarray:
         del cache  # the context's own
-        self._run_batch(torch.tensor([token]), first=len(self._keys), logits=True)
+        self._run_batch(np.array([token], dtype=np.int64), first=len(self._keys), logits=True)
         return self._logits()
 
-    def _run_batch(self, chunk: torch.Tensor, *, first: int, logits: bool) -> None:
-        batch = self._token_batch if chunk.ndim == 1 else self._embed_batch
-        batch.fill(chunk.numpy(), first=first, logits=logits)
+    def _run_batch(self, chunk: np.ndarray | torch.Tensor, *, first: int, logits: bool) -> None:
+        """Token ids (a 1-D array) or media rows (a 2-D float32 tensor) at positions ``first...``."""
+        if chunk.ndim == 1:
+            self._token_batch.fill(chunk, first=first, logits=logits)
+            batch = self._token_batch
+        else:
+            self._embed_batch.fill(chunk.numpy(), first=first, logits=logits)
+            batch = self._embed_batch
         status = self._lib.llama_decode(self._ctx, batch.batch)
         if status != 0:  # 1: no room in the KV cache; <0: an error
             raise MMChatError(f"llama.cpp could not run the prompt (llama_decode returned {status}).",
                               hint="Start a new chat; if it happens again, report it with the log.")
 
-    def _logits(self) -> torch.Tensor:
+    def _logits(self) -> np.ndarray:
         pointer = self._lib.llama_get_logits_ith(self._ctx, -1)
-        return torch.from_numpy(np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy())
+        return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
 
 
 class _Batch:
@@ -294,6 +308,7 @@ class _TokenEmbedding:
         self._row_bytes = width // block * block_bytes
 
     def rows(self, token_ids: torch.Tensor) -> torch.Tensor:
+        import torch
         from gguf.quants import dequantize
 
         ids = token_ids.to(torch.long).reshape(-1).numpy()

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -198,7 +199,7 @@ class LLM(ChatModel):
             out = self.model(inputs_embeds=chunk[None], **with_cache(self.model, cache), use_cache=True,
                              logits_to_keep=1)
             keys.extend(prompt.keys[len(keys):len(keys) + len(chunk)])
-            logits = out.logits[0, -1].float()
+            logits = out.logits[0, -1].float().numpy()
         return logits
 
     def _embed_from(self, prompt: _Prompt, *, start: int) -> torch.Tensor:
@@ -209,16 +210,16 @@ class LLM(ChatModel):
             end = position + len(piece)
             if end > start:
                 part = piece[max(start - position, 0):]
-                rows.append(embedding(part) if piece.ndim == 1 else part)
+                rows.append(embedding(torch.from_numpy(part)) if piece.ndim == 1 else part)
             position = end
         return torch.cat(rows).to(self.dtype)
 
     @torch.inference_mode()
-    def _forward_token(self, cache, token: int) -> torch.Tensor:
+    def _forward_token(self, cache, token: int) -> np.ndarray:
         if self._step is not None:
-            return self._step(cache, token)
+            return self._step(cache, token).float().numpy()
         out = self.model(input_ids=torch.tensor([[token]]), **with_cache(self.model, cache), use_cache=True)
-        return out.logits[0, -1].float()
+        return out.logits[0, -1].float().numpy()
 
 
 class _DecodeStep:
