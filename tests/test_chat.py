@@ -146,13 +146,12 @@ def test_pictures_reach_a_model_without_a_projector_as_words_and_the_turn_says_s
 
 
 @pytest.mark.slow
-def test_a_bundled_model_without_a_projector_answers_from_the_evidence_and_says_how_to_train_one(store):
-    """SmolLM2-135M, the other bundled LLM, has no shipped fusion checkpoint: a real turn with a picture."""
-    from mmchat.engine import Engine
-
+def test_a_bundled_model_without_a_projector_answers_from_the_evidence_and_says_how_to_train_one(engine, store):
+    """SmolLM2-135M, the other bundled LLM, has no shipped fusion checkpoint: a real turn with a picture
+    (the session's encoders shared, not loaded again)."""
     image = Image.new("RGB", (224, 224), "white")
     ImageDraw.Draw(image).ellipse((60, 60, 160, 160), fill="red")
-    session = ChatSession(Engine(llm="smollm2-135m-instruct"), store, generation=GREEDY)
+    session = ChatSession(engine.with_models(llm="smollm2-135m-instruct"), store, generation=GREEDY)
     events, reply, done = run(session.send("What colour is the shape?", images=[image]))
     notices = [e.text for e in events if e.kind == "notice"]
     assert any("Pictures reach smollm2-135m-instruct as words only" in n and "mmchat train-fusion --model smollm2-135m-instruct" in n
