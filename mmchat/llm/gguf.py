@@ -8,6 +8,9 @@ the runtime then takes the opened model (:func:`take_opened`).
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import os
 import threading
 from concurrent.futures import Future
 from pathlib import Path
@@ -16,6 +19,8 @@ from mmchat import download, registry
 from mmchat.cache import ConversionCache, Progress, join_parts
 from mmchat.errors import MMChatError
 from mmchat.llm import MAX_CONTEXT_TOKENS, PREFILL_CHUNK_TOKENS
+
+log = logging.getLogger(__name__)
 
 JOINED_VERSION = 1  # the joined-GGUF cache's layout (a byte-for-byte join of the package parts)
 GGUF_NAME = "model.gguf"
@@ -87,11 +92,48 @@ def open_llama(file: Path, *, threads: int, n_ctx: int = MAX_CONTEXT_TOKENS,
     except ImportError as exc:
         raise MMChatError(f"The llama.cpp runtime does not import ({exc}).",
                           hint="Run the README's setup command again (it builds llama-cpp-python).") from None
+    load_backends()
     try:
         return Llama(model_path=str(file), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=threads,
                      n_threads_batch=threads, use_mmap=True, verbose=False)
     except (ValueError, RuntimeError, OSError) as exc:  # llama-cpp-python's "Failed to load model"
         raise MMChatError(f"llama.cpp could not load {file} ({exc}).", hint=hint) from None
+
+
+_backends_lock = threading.Lock()
+
+
+def load_backends() -> None:
+    """Register llama.cpp's CPU backend before a model loads; a build that links it in needs nothing.
+
+    The app bundle's portable build (packaging/portable-venv.sh: ``GGML_BACKEND_DL``, ``GGML_CPU_ALL_VARIANTS``)
+    has no CPU code in libggml: one ``libggml-cpu-<variant>.so`` per instruction set lies in
+    ``llama_cpp/lib``, and ggml dlopens the best one this CPU runs. llama-cpp-python 0.3.36 has no
+    binding for that (abetlen/llama-cpp-python#2069), and the ``ggml_backend_load_all()`` inside its
+    ``llama_backend_init`` searches only the executable's folder (python's, or the bundle's top) and
+    the working directory, never the libraries' folder; so ask ggml to look there.
+
+    Through libllama's handle: ``dlsym`` on it finds ggml's functions in the libggml that libllama
+    uses. ``llama_cpp._ggml.libggml`` is another copy (loaded by the file name libggml.so, which the
+    wheel holds as a copy of libggml.so.0, not a link) whose backend registry llama.cpp never reads."""
+    import llama_cpp.llama_cpp as bindings  # _lib: libllama; _base_path: its folder, llama_cpp/lib
+
+    lib = bindings._lib
+    count = lib["ggml_backend_reg_count"]  # lib[name]: a fresh function pointer, not the shared attribute
+    count.restype, count.argtypes = ctypes.c_size_t, []
+    with _backends_lock:
+        if count():
+            return  # a native build, or loaded already
+        # ggml reports the variant it loads at INFO; Llama(verbose=False) silences that logger anyway.
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+        load_all = lib["ggml_backend_load_all_from_path"]
+        load_all.restype, load_all.argtypes = None, [ctypes.c_char_p]
+        load_all(os.fsencode(bindings._base_path))
+        if not count():
+            raise MMChatError(f"llama.cpp found no CPU backend it can run in {bindings._base_path}.",
+                              hint="Reinstall mmchat: its libggml-cpu-*.so files are missing.")
+        log.info("llama.cpp backends loaded from %s: %s", bindings._base_path,
+                 bindings.llama_print_system_info().decode(errors="replace"))
 
 
 _opened: dict[tuple[str, int], Future] = {}
