@@ -2,18 +2,20 @@
 # Build the one-folder app bundle dist/mmchat/ with PyInstaller, then smoke-run it offscreen:
 # `mmchat app --screenshot` must write a PNG and `mmchat doctor --json` must report the bundled models.
 # Exits non-zero if the build or either run fails. Prints the build time and the bundle size.
-#   PYTHON=...                 interpreter whose environment is bundled (default: .venv/bin/python)
+#   PYTHON=...                 interpreter whose environment is bundled (default: build/portable-venv's, which
+#                              packaging/portable-venv.sh makes: .venv with a portable llama.cpp, every CPU variant)
 #   MMCHAT_BUNDLE_MODELS=all   all | default | none: which model packages' files go in (see mmchat.spec)
 #   MMCHAT_SMOKE_CHAT=1        also answer one chat message with the bundled LLM (minutes on first run)
 #   MMCHAT_SKIP_BUILD=1        only smoke-run the bundle already in dist/mmchat
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-python=${PYTHON:-$root/.venv/bin/python}
 dist="$root/dist"
 cd "$root"
 
 start=$(date +%s)
 if [[ "${MMCHAT_SKIP_BUILD:-0}" != 1 ]]; then
+    # Never .venv's own llama.cpp: it is built for this CPU and would crash (SIGILL) on an older one.
+    python=${PYTHON:-$("$root/packaging/portable-venv.sh")}
     if ! "$python" -m PyInstaller --version >/dev/null 2>&1; then
         echo "mmchat: installing PyInstaller into $("$python" -c 'import sys; print(sys.prefix)')" >&2
         "$python" -m pip --disable-pip-version-check -q install "pyinstaller>=6.10"
@@ -21,6 +23,7 @@ if [[ "${MMCHAT_SKIP_BUILD:-0}" != 1 ]]; then
     "$python" -m PyInstaller --noconfirm --log-level WARN --distpath "$dist" --workpath "$root/build/pyinstaller" \
         "$root/packaging/mmchat.spec"
 fi
+python=${python:-${PYTHON:-$root/.venv/bin/python}}  # the smoke checks below need any python
 build_s=$(( $(date +%s) - start ))
 app="$dist/mmchat/mmchat"
 [[ -x "$app" ]] || { echo "mmchat: no bundle at $app" >&2; exit 1; }

@@ -1,9 +1,10 @@
 """Packaging: the wheel carries the package modules and assets (and no model weights), installs into
-a fresh venv whose ``mmchat`` finds its assets; the app bundle finds model files when frozen; the
-icon set and the freedesktop entry are complete."""
+a fresh venv whose ``mmchat`` finds its assets; the app bundle finds model files when frozen and
+carries a portable llama.cpp; the icon set and the freedesktop entry are complete."""
 
 from __future__ import annotations
 
+import ast
 import configparser
 import importlib.metadata
 import json
@@ -18,6 +19,7 @@ import pytest
 from PIL import Image
 
 from mmchat import registry
+from mmchat.errors import MMChatError
 
 ROOT = Path(__file__).resolve().parent.parent
 ICON_SIZES = (16, 22, 24, 32, 48, 64, 128, 256, 512)  # px, as scripts/render_icons.py renders them
@@ -113,6 +115,81 @@ def test_frozen_bundle_finds_model_files_in_the_bundle(tmp_path, monkeypatch):
         assert other.locate().is_file()
     except registry.MMChatError as exc:
         assert other.requirement in exc.hint
+
+
+def test_the_bundle_gets_a_portable_llama_cpp():
+    """build.sh bundles build/portable-venv, whose llama.cpp has every CPU variant and nothing native,
+    installed beside libggml in llama_cpp/lib (the build itself takes 10-25 minutes: not run here)."""
+    script = ROOT / "packaging" / "portable-venv.sh"
+    flags = subprocess.run(["bash", "-c", f'eval "$(grep ^LLAMA_CMAKE_ARGS {script})"; echo "$LLAMA_CMAKE_ARGS"'],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert {"-DGGML_NATIVE=OFF", "-DGGML_BACKEND_DL=ON", "-DGGML_CPU_ALL_VARIANTS=ON", "-DGGML_OPENMP=OFF",
+            "-DCMAKE_INSTALL_BINDIR=llama_cpp/lib"} == set(flags)
+    assert 'python=${PYTHON:-$("$root/packaging/portable-venv.sh")}' in (ROOT / "packaging" / "build.sh").read_text()
+
+
+def _spec_function(name: str, **namespace):
+    """One top-level function of packaging/mmchat.spec (PyInstaller runs the spec; nothing imports it)."""
+    spec = ast.parse((ROOT / "packaging" / "mmchat.spec").read_text())
+    (node,) = [n for n in spec.body if isinstance(n, ast.FunctionDef) and n.name == name]
+    exec(compile(ast.Module(body=[node], type_ignores=[]), "mmchat.spec", "exec"), namespace)
+    return namespace[name]
+
+
+def test_the_spec_bundles_the_cpu_variants_and_refuses_a_native_build(tmp_path):
+    lib = tmp_path / "llama_cpp" / "lib"
+    lib.mkdir(parents=True)
+    native = ["libggml-base.so.0", "libggml-cpu.so.0", "libggml.so.0", "libllama.so"]
+    for name in native:
+        (lib / name).write_bytes(b"\x7fELF")
+
+    def collect_dynamic_libs(package):  # PyInstaller's: (source, folder in the bundle) per library
+        return [(str(f), f"{package}/lib") for f in sorted((tmp_path / package / "lib").iterdir())]
+
+    llama_binaries = _spec_function("llama_binaries", Path=Path, collect_dynamic_libs=collect_dynamic_libs)
+    with pytest.raises(SystemExit, match="portable-venv"):
+        llama_binaries()
+    for variant in ("x64", "haswell", "zen4"):
+        (lib / f"libggml-cpu-{variant}.so").write_bytes(b"\x7fELF")
+    bundled = {Path(source).name: folder for source, folder in llama_binaries()}
+    assert bundled["libggml-cpu-haswell.so"] == "llama_cpp/lib" == bundled["libllama.so"]
+    assert len(bundled) == len(native) + 3
+
+
+class _DynamicGgml:
+    """libllama of a GGML_BACKEND_DL build as ctypes shows it (``lib[name]`` is a fresh function, ggml's
+    too): no backend until one is loaded from a folder, which holds ``found`` of them."""
+
+    def __init__(self, found: int) -> None:
+        self.found, self.registered, self.folders = found, 0, []
+
+    def __getitem__(self, name: str):
+        def ggml_backend_reg_count():
+            return self.registered
+
+        def ggml_backend_load_all_from_path(folder):
+            self.folders.append(folder)
+            self.registered += self.found
+
+        return {f.__name__: f for f in (ggml_backend_reg_count, ggml_backend_load_all_from_path)}[name]
+
+
+def test_llama_cpp_loads_its_cpu_variants_from_its_own_folder(monkeypatch):
+    import llama_cpp.llama_cpp as bindings
+
+    from mmchat.llm import gguf
+
+    gguf.load_backends()  # this venv's native build links its CPU backend in: nothing to do
+    assert bindings.llama_print_system_info().startswith(b"CPU : ")
+    portable = _DynamicGgml(found=1)
+    monkeypatch.setattr(bindings, "_lib", portable)
+    monkeypatch.setattr(bindings, "llama_print_system_info", lambda: b"CPU : AVX2 = 1 | ")
+    gguf.load_backends()
+    gguf.load_backends()
+    assert portable.folders == [os.fsencode(bindings._base_path)]  # once, llama_cpp/lib: not cwd, not python's
+    monkeypatch.setattr(bindings, "_lib", _DynamicGgml(found=0))
+    with pytest.raises(MMChatError, match="no CPU backend"):
+        gguf.load_backends()
 
 
 def test_icon_set_is_rendered_at_every_size():
