@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the one-folder app bundle dist/mmchat/ with PyInstaller, then smoke-run it offscreen:
-# `mmchat app --screenshot` must write a PNG and `mmchat doctor --json` must report the bundled models.
+# `mmchat app --demo --screenshot` must write a PNG and `mmchat doctor --json` must report the bundled models.
 # Exits non-zero if the build or either run fails. Prints the build time and the bundle size.
 #   PYTHON=...                 interpreter whose environment is bundled (default: build/portable-venv's, which
 #                              packaging/portable-venv.sh makes: .venv with a portable llama.cpp, every CPU variant)
@@ -33,7 +33,7 @@ echo "mmchat: $app built in ${build_s} s; bundle size $(du -sh "$dist/mmchat" | 
 smoke=$(mktemp -d)
 trap 'rm -rf "$smoke"' EXIT
 export QT_QPA_PLATFORM=offscreen MMCHAT_DATA_DIR="$smoke/data"
-"$app" app --screenshot "$smoke/out.png"
+"$app" app --demo --screenshot "$smoke/out.png"  # the throwaway data folder has no conversation
 "$python" - "$smoke/out.png" <<'PY'
 import sys
 from pathlib import Path
