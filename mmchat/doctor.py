@@ -58,16 +58,21 @@ def _gguf_state(spec: registry.ModelSpec) -> str:
 
 
 def chat_runtime() -> dict:
-    """What runs chat with the default LLM: the runtime, and llama.cpp's threads."""
+    """What runs chat with the default LLM: the runtime, and llama.cpp's threads; and the app's chat
+    server, if one is set (whether a key is at hand for it, never the key)."""
+    from mmchat import settings
     from mmchat.engine import default_threads, llm_runtime
+    from mmchat.llm.remote import api_key
 
     name = registry.default(registry.Role.LLM).name
     try:
         runtime = llm_runtime(name)
     except MMChatError as exc:
         runtime = f"invalid ({exc})"
+    server = settings.load().settings.server_url.strip()
     return {"llm": name, "runtime": runtime, "threads": default_threads(),
-            "llama_cpp": _version("llama-cpp-python")}
+            "llama_cpp": _version("llama-cpp-python"), "server": server or None,
+            "server_key": bool(server) and api_key(server) is not None}
 
 
 def _manifest_source(directory) -> str | None:
@@ -187,6 +192,9 @@ def format_report(data: dict) -> str:
               f"  {chat['llm']} on {chat['runtime']}"
               + (f", {chat['threads']} threads (llama-cpp-python {chat['llama_cpp'] or 'NOT INSTALLED'})"
                  if chat["runtime"] == "llama.cpp" else "")]
+    if chat["server"]:
+        lines.append(f"  the app chats on the server {chat['server']} (Settings); API key "
+                     f"{'found' if chat['server_key'] else 'none (MMCHAT_API_KEY or the system keyring)'}")
     image = data["images"]
     lines += ["", "Images:",
               f"  encoder     {image['encoder']} ({'pretrained' if image['pretrained'] else 'untrained: seeded random init'}, "

@@ -41,6 +41,16 @@ def test_doctor_json_reports_paths_models_and_features(data_dir):
         assert set(report["features"][feature]) == {"ok", "reason"} and report["features"][feature]["reason"]
 
 
+def test_doctor_says_the_apps_chat_server_and_whether_a_key_is_at_hand_never_the_key(data_dir):
+    from mmchat import settings
+
+    settings.save(settings.Settings(server_url="http://10.1.2.3:8000"))
+    result = mmchat("doctor", env={"MMCHAT_DATA_DIR": str(data_dir), "MMCHAT_API_KEY": "sk-secret-1234"})
+    assert result.returncode == 0, result.stderr
+    assert "the app chats on the server http://10.1.2.3:8000" in result.stdout and "API key found" in result.stdout
+    assert "sk-secret-1234" not in result.stdout + result.stderr
+
+
 def test_models_list_and_verify():
     listed = mmchat("models", "list", "--json")
     assert listed.returncode == 0
