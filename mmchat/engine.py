@@ -140,7 +140,9 @@ def _llm_loader(threads: int | None):
         if llm_runtime(name) == "llama.cpp":
             from mmchat.llm.llamacpp import LlamaCppLLM
 
-            return LlamaCppLLM.load(name, threads=threads or default_threads(), progress=progress)
+            llm = LlamaCppLLM.load(name, threads=threads or default_threads(), progress=progress)
+            llm.adapt_threads = threads is None and not os.environ.get(THREADS_ENV, "").strip()
+            return llm
         return _load_torch_llm(name, progress)
     return load
 

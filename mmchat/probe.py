@@ -7,7 +7,38 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass
+
+
+class OthersCpu:
+    """How many CPUs other processes kept busy since the last reading (from /proc/stat's busy time
+    less this process's own); None where /proc/stat is not there, or too soon after the last."""
+
+    MIN_INTERVAL_S = 0.2
+
+    def __init__(self) -> None:
+        self._last = self._read()
+
+    @staticmethod
+    def _read() -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        user, nice, system, _idle, _iowait, irq, softirq, steal = fields + [0] * (8 - len(fields))
+        own = os.times()
+        return time.monotonic(), (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"), \
+            own.user + own.system
+
+    def reading(self) -> float | None:
+        """CPUs busy with other processes, on average, since the last reading (which this starts anew)."""
+        now, last = self._read(), self._last
+        if now is None or last is None or now[0] - last[0] < self.MIN_INTERVAL_S:
+            return None
+        self._last = now
+        return max(0.0, ((now[1] - last[1]) - (now[2] - last[2])) / (now[0] - last[0]))
 
 
 def physical_cores() -> int:

@@ -157,13 +157,21 @@ def test_the_threads_setting_reaches_llama_cpp(monkeypatch):
 
     assert settings.from_dict({"llm_threads": 3}).llm_threads == 3
     assert settings.from_dict({"llm_threads": -1}).llm_threads == 0  # out of range: the default
+    from types import SimpleNamespace
+
     loaded = []
-    monkeypatch.setattr(LlamaCppLLM, "load", classmethod(lambda cls, name, threads, progress: loaded.append(threads)))
+    monkeypatch.setattr(LlamaCppLLM, "load", classmethod(
+        lambda cls, name, threads, progress: loaded.append(threads) or SimpleNamespace(threads=threads)))
     monkeypatch.delenv(RUNTIME_ENV, raising=False)
-    _engine(settings.Settings(llm_threads=3)).llm
-    _engine(settings.Settings()).llm  # 0: one per physical core
-    Engine(llm_threads=1).with_models(image="clip-vit-b-32").llm
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    chosen = _engine(settings.Settings(llm_threads=3)).llm
+    default = _engine(settings.Settings()).llm  # 0: one per physical core
+    other = Engine(llm_threads=1).with_models(image="clip-vit-b-32").llm
     assert loaded == [3, default_threads(), 1]
+    # Only threads nobody chose give way to busy CPUs.
+    assert (chosen.adapt_threads, default.adapt_threads, other.adapt_threads) == (False, True, False)
+    monkeypatch.setenv(THREADS_ENV, "2")
+    assert Engine().llm.adapt_threads is False
 
 
 def test_a_model_opened_ahead_is_what_the_load_takes(monkeypatch):
@@ -288,3 +296,42 @@ def test_a_fetched_gguf_has_no_torch_copy_for_fusion_training_and_says_so():
 
     with pytest.raises(MMChatError, match="runs on llama.cpp only.*training fusion needs one"):
         model_dir(registry.get("qwen2.5-7b-instruct-q4"))
+
+
+def test_threads_not_chosen_by_the_user_give_way_to_busy_cpus(llm):
+    """Every CPU kept busy by other processes: the next reply runs on one thread; with them gone and the
+    CPUs idle, on all of its threads again. A thread count the user chose is kept whatever the load."""
+    import subprocess
+    import sys
+    import time
+
+    cpus = len(os.sched_getaffinity(0))
+    messages = [{"role": "user", "content": "Say yes."}]
+    config = GenerationConfig(temperature=0, max_new_tokens=2)
+    try:
+        llm.adapt_threads = True
+        burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cpus)]
+        try:
+            llm.generate(messages, config=config)  # a reading starts
+            time.sleep(1.5)
+            llm.generate(messages, config=config)
+            assert llm.active_threads == 1
+        finally:
+            for burner in burners:
+                burner.kill()
+                burner.wait()
+        time.sleep(1.5)
+        llm.generate(messages, config=config)
+        assert llm.active_threads == llm.threads
+        llm.adapt_threads = False
+        burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cpus)]
+        try:
+            time.sleep(1.5)
+            llm.generate(messages, config=config)
+            assert llm.active_threads == llm.threads
+        finally:
+            for burner in burners:
+                burner.kill()
+                burner.wait()
+    finally:
+        llm.adapt_threads = False
