@@ -22,15 +22,21 @@ class OthersCpu:
 
     @staticmethod
     def _read() -> tuple[float, float, float] | None:
+        """(now, busy seconds of the CPUs this process may run on, this process's CPU seconds): only
+        those CPUs, as a container's /proc/stat counts the whole host's."""
         try:
+            allowed = {f"cpu{i}" for i in os.sched_getaffinity(0)}
             with open("/proc/stat") as f:
-                fields = [int(v) for v in f.readline().split()[1:9]]
-        except (OSError, ValueError):
+                rows = [line.split() for line in f if line.startswith("cpu")]
+            busy = 0
+            for row in rows:
+                if row[0] in allowed:
+                    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in row[1:9])
+                    busy += user + nice + system + irq + softirq + steal
+        except (OSError, ValueError, AttributeError):  # no /proc/stat, or no sched_getaffinity (not Linux)
             return None
-        user, nice, system, _idle, _iowait, irq, softirq, steal = fields + [0] * (8 - len(fields))
         own = os.times()
-        return time.monotonic(), (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"), \
-            own.user + own.system
+        return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
 
     def reading(self) -> float | None:
         """CPUs busy with other processes, on average, since the last reading (which this starts anew)."""
