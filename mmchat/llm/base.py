@@ -20,7 +20,7 @@ import numpy as np
 
 from mmchat.context import MEDIA_PLACEHOLDER, count_placeholders, fit_messages
 from mmchat.llm import MAX_CONTEXT_TOKENS, PREFILL_CHUNK_TOKENS  # noqa: F401  (the runtimes' limits)
-from mmchat.llm.config import GenerationConfig, GenerationStats
+from mmchat.llm.config import GenerationConfig, GenerationStats, prompt_budget
 
 if TYPE_CHECKING:
     import torch
@@ -100,9 +100,7 @@ class ChatModel:
         media = [self._check_media(m) for m in media]
         if count_placeholders(messages) != len(media):
             raise ValueError(f"{count_placeholders(messages)} media placeholders but {len(media)} media tensors")
-        # The reply gets max_new_tokens of room, but the prompt always keeps a quarter of the window.
-        budget = max(self.context_length - config.max_new_tokens, self.context_length // 4)
-        prompt = self._build_prompt(messages, media, max_prompt_tokens=budget)
+        prompt = self._build_prompt(messages, media, max_prompt_tokens=prompt_budget(self.context_length, config))
         return self._run(prompt, config=config, stop=stop)
 
     def generate(self, messages: list[dict], *, config: GenerationConfig = GenerationConfig(),

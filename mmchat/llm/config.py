@@ -6,6 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def prompt_budget(context_length: int, config: GenerationConfig) -> int:
+    """Prompt tokens a chat may take: the reply gets max_new_tokens of room, but the prompt always keeps
+    a quarter of the window."""
+    return max(context_length - config.max_new_tokens, context_length // 4)
+
+
 @dataclass(frozen=True)
 class GenerationConfig:
     max_new_tokens: int = 512

@@ -146,8 +146,8 @@ class LlamaCppLLM(ChatModel):
     # ----------------------------------------------------------------- generation
     def _fit_threads(self) -> None:
         """Threads for this reply: :attr:`threads`, less the CPUs other processes used since the last."""
-        busy = self._others.reading()
-        if not self.adapt_threads or busy is None:
+        busy = self._others.reading() if self.adapt_threads else None
+        if busy is None:
             return
         free = len(os.sched_getaffinity(0)) - busy
         wanted = max(1, min(self.threads, int(free + 0.5)))
@@ -174,7 +174,8 @@ class LlamaCppLLM(ChatModel):
                     self._clear()
                 raise
             finally:
-                self._others.reading()  # the next reply sees what others did after this one
+                if self.adapt_threads:
+                    self._others.reading()  # the next reply sees what others did after this one
                 total = time.perf_counter() - started
                 self.last_stats = GenerationStats(
                     prompt_tokens=len(prompt.keys), reused_tokens=reused, generated_tokens=state["generated"],

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 
 from mmchat.context import count_placeholders, fit_messages
 from mmchat.errors import MMChatError
-from mmchat.llm.config import GenerationConfig, GenerationStats
+from mmchat.llm.config import GenerationConfig, GenerationStats, prompt_budget
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +142,8 @@ class RemoteLLM:
             raise ValueError("no messages to reply to")
         if media or count_placeholders(messages):
             raise ValueError("a chat server takes text only: media go to it as words (see mmchat.media)")
-        budget = max(self.context_length - config.max_new_tokens, self.context_length // 4)
         fitted = fit_messages([{**m, "media": []} for m in messages], count_tokens=self.count_tokens,
-                              max_prompt_tokens=budget)
+                              max_prompt_tokens=prompt_budget(self.context_length, config))
         body = {"model": self.model, "stream": True, "max_tokens": config.max_new_tokens,
                 "temperature": config.temperature, "top_p": config.top_p,
                 "messages": [{"role": m["role"], "content": m["content"]} for m in fitted]}
